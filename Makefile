@@ -1,0 +1,34 @@
+# Fresh machine: `make demo` runs the subnet locally, `make test` runs the test suite.
+# Both create .venv on first use; later runs reuse it and finish in seconds.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+TORCH   := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+# Torch first and pinned: a bare `torch` requirement would pull several GB of CUDA wheels.
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
+	touch $(STAMP)
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) scripts/demo.py
+
+lint: install
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

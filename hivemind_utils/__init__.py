@@ -1,0 +1,1 @@
+"""hivemind glue: DHT start/join, identity, signed records, swarm state, gradient averaging."""
