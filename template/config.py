@@ -129,7 +129,8 @@ class NeuronConfig:
     workdir: str = f"{DEFAULT_HOME}/work"
     """Folder for this neuron's state (scores, resumable progress)."""
     adversary: str = ""
-    """RED-TEAM ONLY, off by default: `lazy`, `random-gradient`, `copycat`, `no-show`, `slow-link`."""
+    """RED-TEAM ONLY, off by default: `lazy`, `random-gradient`, `copycat`, `no-show` or
+    `slow-link` (see docs/validator.md)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -409,7 +410,7 @@ def _docs(cls: type) -> dict[str, str]:
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
+    for node, nxt in zip(body, body[1:], strict=False):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
             docs[node.target.id] = str(nxt.value.value)
