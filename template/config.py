@@ -267,8 +267,10 @@ class AveragingConfig:
     """Seconds to gather a group; raise it if logs say 'could not find a group'."""
     allreduce_timeout: float = 60.0
     """Seconds one all-reduce may take; raise it for big models on slow links."""
-    request_timeout: float = 5.0
+    request_timeout: float = 3.0
     """Seconds to wait for one peer's reply during matchmaking before skipping it."""
+    next_chunk_timeout: float = 10.0
+    """Seconds a groupmate may stall between two parts before it is dropped from the round."""
 
     def __post_init__(self) -> None:
         _check(self.target_batch_size >= 1, "--averaging.target_batch_size", "must be >= 1")
@@ -286,6 +288,12 @@ class AveragingConfig:
         _check(self.matchmaking_time > 0, "--averaging.matchmaking_time", "must be > 0")
         _check(self.allreduce_timeout > 0, "--averaging.allreduce_timeout", "must be > 0")
         _check(self.request_timeout > 0, "--averaging.request_timeout", "must be > 0")
+        _check(
+            self.request_timeout < self.matchmaking_time,
+            "--averaging.request_timeout",
+            "must be < --averaging.matchmaking_time (hivemind matchmaking deadlocks otherwise)",
+        )
+        _check(self.next_chunk_timeout > 0, "--averaging.next_chunk_timeout", "must be > 0")
 
 
 @dataclass(frozen=True)

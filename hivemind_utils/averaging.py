@@ -1,0 +1,256 @@
+"""Gradient averaging: one butterfly all-reduce of accumulated gradients, weighted by samples.
+
+    averager = SwarmAverager(dht=dht, run_id=cfg.neuron.run_id, params=model.parameters(),
+                             cfg=cfg.averaging)
+    averager.load_gradients(model.parameters())          # .grad (any device) -> CPU buffers
+    result = averager.average(weight=samples, timeout=30)
+    if result.ok:
+        averager.write_gradients(model.parameters())     # averaged buffers -> .grad
+    averager.shutdown()
+
+The validator joins the same rounds with the same class and ``auxiliary=True``: it contributes
+weight 0, still reduces a shard, and so records every sender's upload (``result.senders``).
+
+This is hivemind's :class:`~hivemind.averaging.DecentralizedAverager` with three seams used:
+``rpc_aggregate_part`` (count each sender's incoming stream), ``_aggregate_with_group`` (read
+the finished runner: banned senders, peer fractions, failed size) and ``_get_handle_name`` (the
+libp2p protocol name is fixed to ``SwarmAverager``, so test subclasses that inject faults still
+group with real peers; hivemind otherwise names protocols after the class).
+
+Copies: the averager owns CPU float32 buffers in shared memory (the averaging process is a
+fork that reads them). ``load_gradients`` copies each ``.grad`` device->host once and
+``write_gradients`` copies host->device once; the all-reduce itself never touches the GPU.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, AsyncIterator  # noqa: UP035 - hivemind reads typing.AsyncIterator hints
+
+import torch
+from hivemind.averaging import DecentralizedAverager
+from hivemind.averaging.group_info import GroupInfo
+from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES
+from hivemind.compression import (
+    CompressionBase,
+    Float16Compression,
+    NoCompression,
+    Uniform8BitQuantization,
+)
+from hivemind.dht import DHT
+from hivemind.p2p import P2PContext
+from hivemind.proto import averaging_pb2
+
+from hivemind_utils.round_stats import AveragingResult, RoundRecorder
+from template.config import AveragingConfig
+
+logger = logging.getLogger(__name__)
+
+COMPRESSIONS: dict[str, type[CompressionBase]] = {
+    "none": NoCompression,
+    "fp16": Float16Compression,
+    "8bit": Uniform8BitQuantization,
+}
+
+
+def make_compression(name: str) -> CompressionBase:
+    """``--averaging.compression`` -> a hivemind compression object."""
+    if name not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {name!r}; use one of {', '.join(COMPRESSIONS)}")
+    return COMPRESSIONS[name]()
+
+
+def averager_prefix(run_id: str) -> str:
+    """DHT prefix of the run's gradient averaging groups (hivemind forbids '.' in it)."""
+    if not run_id or "." in run_id:
+        raise ValueError(f"run id {run_id!r} must be non-empty and contain no '.'")
+    return f"{run_id}_grad_averager"
+
+
+class RoundFailed(Exception):
+    """The all-reduce of a formed group failed; carries what was recorded before it did."""
+
+    def __init__(self, message: str, result: AveragingResult | None = None):
+        super().__init__(message, result)
+        self.message, self.result = message, result
+
+
+def _buffers_like(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """One zeroed CPU float32 buffer per parameter (works for meta-device params too)."""
+    return [torch.zeros(tuple(p.shape), dtype=torch.float32) for p in params]
+
+
+class SwarmAverager(DecentralizedAverager):
+    """The one averager class of the subnet (miners and the validator's auxiliary peer).
+
+    :param dht: a running DHT of the swarm (:func:`hivemind_utils.dht.start_dht`).
+    :param run_id: groups form only among peers of the same run (and same tensor shapes).
+    :param params: parameters whose gradients are averaged; CPU buffers of the same shapes are
+      allocated. Or pass ``tensors``: CPU tensors to average in place (used as given).
+    :param cfg: group and timeout settings (``--averaging.*``); see ``docs/swarm.md`` for tuning.
+    :param auxiliary: join rounds with weight 0 and reduce a shard without contributing tensors
+      (the validator). Needs the same shapes as the miners (meta-device params are enough).
+    :param bandwidth: declared download bandwidth; a larger value asks for a larger shard. None
+      lets hivemind split evenly. Self-reported by every peer: not evidence of anything.
+    :param part_size_bytes: size of one streamed part; smaller parts react faster to failures,
+      larger ones cost less per-message overhead.
+    """
+
+    # hivemind caches RPC handlers/stubs per class; own them so a plain DecentralizedAverager in
+    # the same process cannot leak its protocol names into ours.
+    _rpc_handlers = None
+    _stub_type = None
+    PROTOCOL_NAME = "SwarmAverager"
+
+    def __init__(
+        self,
+        *,
+        dht: DHT,
+        run_id: str,
+        cfg: AveragingConfig,
+        params: Iterable[torch.Tensor] | None = None,
+        tensors: Sequence[torch.Tensor] | None = None,
+        auxiliary: bool = False,
+        bandwidth: float | None = None,
+        part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
+        shutdown_timeout: float = 5.0,
+        start: bool = True,
+    ):
+        if (params is None) == (tensors is None):
+            raise ValueError("pass exactly one of params= (buffers are allocated) or tensors=")
+        if cfg.request_timeout >= cfg.matchmaking_time:
+            raise ValueError("--averaging.request_timeout must be < --averaging.matchmaking_time "
+                             "(hivemind deadlocks otherwise)")
+        buffers = _buffers_like(params) if params is not None else list(tensors)  # type: ignore[arg-type]
+        if any(t.device.type != "cpu" for t in buffers):
+            raise ValueError("tensors= must be CPU tensors; pass params= for GPU models")
+        self.cfg, self.run_id = cfg, run_id
+        self._recorder = RoundRecorder()
+        super().__init__(
+            buffers, dht, start=False, prefix=averager_prefix(run_id),
+            target_group_size=cfg.target_group_size, min_group_size=cfg.min_group_size,
+            min_matchmaking_time=cfg.matchmaking_time, request_timeout=cfg.request_timeout,
+            allreduce_timeout=cfg.allreduce_timeout, next_chunk_timeout=cfg.next_chunk_timeout,
+            compression=make_compression(cfg.compression), part_size_bytes=part_size_bytes,
+            bandwidth=bandwidth, auxiliary=auxiliary, shutdown_timeout=shutdown_timeout,
+            allow_state_sharing=False,
+        )
+        if start:
+            self.run_in_background(await_ready=True)
+
+    def run_in_background(self, await_ready: bool = True, timeout: float | None = None) -> None:
+        """Start the averaging process; keeps the caller's Ctrl+C handler (hivemind ignores it)."""
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT) if in_main else None
+        super().run_in_background(await_ready=await_ready, timeout=timeout)
+        if in_main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    @classmethod
+    def _get_handle_name(cls, namespace: str | None, method_name: str) -> str:
+        name = f"{cls.PROTOCOL_NAME}.{method_name}"
+        return f"{namespace}::{name}" if namespace is not None else name
+
+    # ------------------------------------------------------------------ gradients in and out
+
+    @property
+    def is_auxiliary(self) -> bool:
+        return self.mode.name == "AUX"
+
+    @torch.no_grad()
+    def load_gradients(self, params: Iterable[torch.Tensor]) -> None:
+        """Copy each parameter's ``.grad`` (any device/dtype) into the buffers; None -> zeros."""
+        with self.get_tensors() as buffers:
+            params = list(params)
+            if len(params) != len(buffers):
+                raise ValueError(f"{len(params)} params for {len(buffers)} averaged buffers")
+            for buf, param in zip(buffers, params, strict=True):
+                if param.grad is None:
+                    buf.zero_()
+                else:
+                    buf.copy_(param.grad.detach().reshape(buf.shape))
+
+    @torch.no_grad()
+    def write_gradients(self, params: Iterable[torch.Tensor]) -> None:
+        """Copy the (averaged) buffers into each parameter's ``.grad`` on its device and dtype."""
+        with self.get_tensors() as buffers:
+            params = list(params)
+            if len(params) != len(buffers):
+                raise ValueError(f"{len(params)} params for {len(buffers)} averaged buffers")
+            for buf, param in zip(buffers, params, strict=True):
+                grad = buf.to(device=param.device, dtype=param.dtype).reshape(param.shape)
+                if param.grad is None:
+                    param.grad = grad
+                else:
+                    param.grad.copy_(grad)
+
+    # ------------------------------------------------------------------ one round
+
+    def average(self, *, weight: float = 1.0, timeout: float | None = None,
+                gather: Any = None) -> AveragingResult:
+        """Find a group and run one all-reduce of the buffers, in place; never raises on failure.
+
+        :param weight: this peer's share of the mean (samples accumulated); ignored (0) when
+          auxiliary. Must be > 0 otherwise: a miner with nothing to add should not join.
+        :param timeout: give up *looking for a group* after this many seconds; the all-reduce
+          itself is then bounded by ``--averaging.allreduce_timeout``.
+        :param gather: small picklable value sent to every groupmate (``result.gathered``).
+        """
+        if not self.is_auxiliary and not weight > 0:
+            raise ValueError(f"weight must be > 0 for a contributing peer, got {weight}")
+        started = time.perf_counter()
+        try:
+            out = self.step(weight=None if self.is_auxiliary else float(weight),
+                            timeout=timeout, gather=gather, wait=True)
+        except RoundFailed as err:
+            base = err.result or AveragingResult(ok=False)
+            result = dataclasses.replace(base, ok=False, error=err.message)
+        except Exception as err:  # noqa: BLE001 - failures cross a process boundary in many types
+            # (matchmaking, timeouts, p2p errors); all end this round and are returned, not raised.
+            logger.warning("averaging round failed: %r", err)
+            result = AveragingResult(ok=False, error=f"{type(err).__name__}: {err}")
+        else:
+            result = out if isinstance(out, AveragingResult) else AveragingResult(
+                ok=False, error=f"unexpected step result {type(out).__name__}")
+        return dataclasses.replace(result, seconds=time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ hivemind seams (child)
+
+    async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int,
+                                    **kwargs: Any) -> AveragingResult:
+        """Run hivemind's aggregation, then read the runner's state into an AveragingResult."""
+        self._recorder.begin(group_info.group_id)
+        future = self._running_groups.get(group_info.group_id)
+        if future is not None:
+            future.add_done_callback(lambda f: None if f.cancelled() or f.exception()
+                                     else self._recorder.tap_runner(f.result()))
+        try:
+            gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+        except BaseException as err:
+            result = self._recorder.finish(group_info, _runner_of(future), error=repr(err))
+            if isinstance(err, Exception):
+                raise RoundFailed(f"all-reduce failed: {err}", result) from err
+            raise
+        return self._recorder.finish(group_info, _runner_of(future), error=None, gathered=gathered)
+
+    async def rpc_aggregate_part(
+        self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.AveragingData]:
+        """A groupmate streams us its part of our shard: count it, then let hivemind reduce it."""
+        tap = self._recorder.tap_stream(context.remote_id.to_base58())
+        async for message in super().rpc_aggregate_part(tap.incoming(stream), context):
+            yield tap.reply(message)
+
+
+def _runner_of(future: "asyncio.Future[Any] | None") -> Any:
+    if future is None or not future.done() or future.cancelled() or future.exception():
+        return None
+    return future.result()
+
+
+__all__ = ["SwarmAverager", "AveragingResult", "RoundFailed", "make_compression",
+           "averager_prefix"]
