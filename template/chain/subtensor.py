@@ -32,10 +32,12 @@ class BittensorChain(Chain):
         self.network = network
         if subtensor is None:
             import bittensor as bt
+            from websockets.exceptions import WebSocketException
 
             try:
                 subtensor = bt.Subtensor(network=chain_endpoint or network)
-            except (OSError, ConnectionError, TimeoutError) as err:
+            except (OSError, TimeoutError, WebSocketException) as err:
+                # refused / unreachable / an endpoint that is not a substrate websocket
                 raise ChainError(f"--subtensor.network: cannot reach {chain_endpoint or network}"
                                  f" ({type(err).__name__}: {err})") from err
         self.subtensor = subtensor
