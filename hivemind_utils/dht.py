@@ -108,7 +108,7 @@ def start_dht(
         ensure_identity(identity_path)
         record_key = load_or_create_record_key(record_key_path(identity_path))
     else:
-        record_key = RSAPrivateKey.process_wide()
+        record_key = RSAPrivateKey()  # one per node, so nodes sharing a process stay distinct
     kwargs: dict[str, object] = dict(
         host_maddrs=host_maddrs,
         startup_timeout=cfg.startup_timeout,

@@ -26,6 +26,7 @@ from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils.crypto import RSAPrivateKey
 from pydantic.v1 import (
     BaseModel,
+    Extra,
     StrictBytes,
     StrictFloat,
     ValidationError,
@@ -55,11 +56,17 @@ class PeerProgressRecord(BaseModel):
     tokens_per_second: confloat(ge=0.0, strict=True)  # type: ignore[valid-type]
     time: StrictFloat
 
+    class Config:
+        extra = Extra.forbid
+
 
 class ProgressSchema(BaseModel):
     """Schema of the ``{run_id}_progress`` key: public-key subkeys -> record (None = peer left)."""
 
     progress: Dict[BytesWithPublicKey, Optional[PeerProgressRecord]]  # noqa: UP006, UP045
+
+    class Config:  # own Config: hivemind's SchemaValidator patches it (else pydantic's global one)
+        extra = Extra.forbid
 
 
 def progress_key(run_id: str) -> str:
