@@ -1,0 +1,314 @@
+"""The checkpoint store interface, its errors, and the on-disk format every store shares.
+
+A checkpoint is one folder (a directory in :class:`~template.checkpoints.local.LocalStore`, a
+tagged commit in :class:`~template.checkpoints.hub.HubStore`)::
+
+    config.json            GPT-2 config (model.save_pretrained)
+    model.safetensors      weights, tied LM head stored once (model.save_pretrained)
+    tokenizer files        tokenizer.save_pretrained, when a tokenizer is given
+    optimizer.pt           optional optimizer state_dict (torch.save; loaded weights_only)
+    manifest.json          written last: sha256 and size of every other file, epoch,
+                           parameter_hash, fingerprint, metadata, creation time
+
+The folder loads in stock ``transformers`` (``from_pretrained``), so a Hub tag ``epoch-N`` is
+also a valid ``--model.preset org/name --model.revision epoch-N``.
+
+Everything read back is untrusted (a Hub repo, a shared disk): :func:`read_checkpoint` checks
+the manifest's schema, every listed file's size and sha256, that the weights parse and that they
+hash to the manifest's ``parameter_hash``, and loads the optimizer state with
+``torch.load(weights_only=True)``. Any failure is a typed :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import pickle
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from template.model import (
+    FINGERPRINT_DIMS,
+    FINGERPRINT_SEED,
+    count_parameters,
+    fingerprint,
+    parameter_hash,
+)
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+OPTIMIZER = "optimizer.pt"
+FORMAT_VERSION = 1
+_TAG = re.compile(r"^epoch-(0|[1-9][0-9]*)$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # flat file names, no paths
+
+
+# ------------------------------------------------------------------ errors
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be stored or read; subclasses say why."""
+
+
+class MissingCheckpointError(CheckpointError):
+    """No checkpoint with this tag exists in the store."""
+
+
+class ManifestError(CheckpointError):
+    """``manifest.json`` is missing, not JSON, or lacks/garbles a field; or a push's metadata
+    cannot be written into one."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A file does not match the manifest (missing, wrong size or sha256) or does not parse.
+
+    ``filename`` names the file; re-pull from another source or delete the checkpoint.
+    """
+
+    def __init__(self, filename: str, message: str):
+        super().__init__(f"{filename}: {message}")
+        self.filename = filename
+
+
+class CheckpointConflictError(CheckpointError):
+    """The tag already holds different weights (first writer wins; tags are never moved).
+
+    A peer that loses the race can pull the existing checkpoint and compare fingerprints.
+    """
+
+    def __init__(self, tag: str, existing_hash: str, message: str = ""):
+        super().__init__(
+            message or f"{tag} already exists with parameter_hash {existing_hash[:16]}..; "
+            "tags are never overwritten"
+        )
+        self.tag = tag
+        self.existing_hash = existing_hash
+
+
+class StoreAuthError(CheckpointError):
+    """The remote store refused the credentials (HTTP 401/403); retrying cannot help."""
+
+
+class StoreUnavailableError(CheckpointError):
+    """The remote store kept failing (5xx, connection errors) after every retry."""
+
+
+# ------------------------------------------------------------------ tags
+
+
+def tag_for(epoch: int) -> str:
+    """The tag of an epoch's checkpoint: ``epoch-{N}``."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+    return f"epoch-{epoch}"
+
+
+def epoch_of(tag: str) -> int | None:
+    """The epoch of a tag ``epoch-N``, or ``None`` for any other name."""
+    match = _TAG.match(tag)
+    return int(match.group(1)) if match else None
+
+
+def sort_tags(names: list[str]) -> list[str]:
+    """The ``epoch-N`` names among ``names``, by epoch (numeric, not string, order)."""
+    tagged = [(epoch_of(n), n) for n in names]
+    return [name for epoch, name in sorted((e, n) for e, n in tagged if e is not None)]
+
+
+# ------------------------------------------------------------------ the interface
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint, as returned by :meth:`CheckpointStore.pull`."""
+
+    epoch: int
+    state_dict: dict[str, torch.Tensor]
+    """CPU weights without the tied LM head; load with ``template.model.load_state_into``."""
+    config: dict[str, Any]
+    """The model's ``config.json``."""
+    metadata: dict[str, Any]
+    """Whatever the pusher passed as ``metadata`` (JSON values)."""
+    manifest: dict[str, Any]
+    directory: Path
+    """Folder holding the verified files (tokenizer: ``AutoTokenizer.from_pretrained(dir)``)."""
+    optimizer_state: dict[str, Any] | None = field(default=None)
+
+
+class CheckpointStore(abc.ABC):
+    """Where each epoch's canonical weights go, tagged ``epoch-N``.
+
+    Tags are write-once: pushing a tag again with the same ``parameter_hash`` is a no-op that
+    returns the tag; with other weights it raises :class:`CheckpointConflictError`.
+    """
+
+    @abc.abstractmethod
+    def push(self, epoch: int, model: torch.nn.Module, tokenizer: Any,
+             metadata: Mapping[str, Any], *,
+             optimizer_state: Mapping[str, Any] | None = None) -> str:
+        """Store the checkpoint of ``epoch`` and return its tag. ``tokenizer`` may be None."""
+
+    @abc.abstractmethod
+    def tags(self) -> list[str]:
+        """All checkpoint tags, sorted by epoch."""
+
+    @abc.abstractmethod
+    def pull(self, epoch: int) -> Checkpoint:
+        """Fetch and verify a checkpoint; raises :class:`CheckpointError` subclasses."""
+
+    def latest_epoch(self) -> int | None:
+        """The highest epoch with a checkpoint, or ``None`` for an empty store."""
+        tags = self.tags()
+        return epoch_of(tags[-1]) if tags else None
+
+
+# ------------------------------------------------------------------ writing
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(directory: Path, epoch: int, model: torch.nn.Module, tokenizer: Any,
+                     metadata: Mapping[str, Any], *,
+                     optimizer_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write a checkpoint's files into an existing empty ``directory``; return the manifest.
+
+    Every file and the folder are fsynced, so a rename of the folder afterwards publishes a
+    complete checkpoint even across a power loss.
+    """
+    try:
+        metadata_json = json.loads(json.dumps(dict(metadata), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ManifestError(f"metadata must be JSON (str keys, finite numbers): {err}") from err
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    if optimizer_state is not None:
+        torch.save(dict(optimizer_state), directory / OPTIMIZER)
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or not _SAFE_NAME.match(path.name):
+            raise CheckpointError(f"unexpected entry {path.name!r} written into the checkpoint")
+        _fsync(path)
+        files[path.name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "epoch": epoch,
+        "tag": tag_for(epoch),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parameter_hash": parameter_hash(model),
+        "num_parameters": count_parameters(model),
+        "fingerprint": fingerprint(model),
+        "fingerprint_seed": FINGERPRINT_SEED,
+        "fingerprint_dims": FINGERPRINT_DIMS,
+        "files": files,
+        "metadata": metadata_json,
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    _fsync(directory / MANIFEST)
+    _fsync(directory)
+    return manifest
+
+
+# ------------------------------------------------------------------ reading
+
+
+def parse_manifest(raw: bytes | str, *, epoch: int) -> dict[str, Any]:
+    """Parse and schema-check a manifest; raises :class:`ManifestError` naming the field."""
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{MANIFEST} is not JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{MANIFEST} must be a JSON object")
+    checks = {
+        "format": lambda v: v == FORMAT_VERSION,
+        "epoch": lambda v: v == epoch and not isinstance(v, bool),
+        "parameter_hash": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v),
+        "fingerprint": lambda v: isinstance(v, list)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
+        "files": lambda v: isinstance(v, dict) and WEIGHTS in v and CONFIG in v,
+        "metadata": lambda v: isinstance(v, dict),
+    }
+    for key, ok in checks.items():
+        if key not in manifest or not ok(manifest[key]):
+            raise ManifestError(f"{MANIFEST}: bad or missing {key!r} (epoch {epoch} expected)")
+    for name, entry in manifest["files"].items():
+        if (not _SAFE_NAME.match(name) or name == MANIFEST or not isinstance(entry, dict)
+                or not isinstance(entry.get("sha256"), str)
+                or not isinstance(entry.get("size"), int) or entry["size"] < 0):
+            raise ManifestError(f"{MANIFEST}: bad file entry {name!r}")
+    return manifest
+
+
+def verify_files(directory: Path, manifest: Mapping[str, Any]) -> None:
+    """Check every listed file's size and sha256; :class:`CorruptCheckpointError` names it."""
+    for name, entry in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            raise CorruptCheckpointError(name, "listed in the manifest but missing")
+        if path.stat().st_size != entry["size"]:
+            raise CorruptCheckpointError(
+                name, f"size {path.stat().st_size} != manifest {entry['size']}")
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise CorruptCheckpointError(
+                name, f"sha256 {actual[:16]}.. != manifest {entry['sha256'][:16]}..")
+
+
+def read_checkpoint(directory: Path, epoch: int) -> Checkpoint:
+    """Verify and load the checkpoint in ``directory`` (see the module docstring)."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise ManifestError(f"{MANIFEST} missing in {directory}")
+    manifest = parse_manifest(manifest_path.read_bytes(), epoch=epoch)
+    verify_files(directory, manifest)
+    try:
+        state = load_file(directory / WEIGHTS, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptCheckpointError(WEIGHTS, f"does not parse as safetensors: {err}") from err
+    if parameter_hash(state) != manifest["parameter_hash"]:
+        raise CorruptCheckpointError(WEIGHTS, "weights do not hash to the manifest's "
+                                              "parameter_hash")
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptCheckpointError(CONFIG, f"is not JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise CorruptCheckpointError(CONFIG, "must be a JSON object")
+    optimizer_state = None
+    if OPTIMIZER in manifest["files"]:
+        try:
+            optimizer_state = torch.load(directory / OPTIMIZER, map_location="cpu",
+                                         weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+            raise CorruptCheckpointError(OPTIMIZER, f"refused by torch.load: {err}") from err
+        if not isinstance(optimizer_state, dict):
+            raise CorruptCheckpointError(OPTIMIZER, "is not a state dict")
+    return Checkpoint(epoch=epoch, state_dict=state, config=config,
+                      metadata=manifest["metadata"], manifest=manifest, directory=directory,
+                      optimizer_state=optimizer_state)
