@@ -27,6 +27,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 from pydantic.v1 import (
     BaseModel,
     Extra,
+    StrictBool,
     StrictBytes,
     StrictFloat,
     ValidationError,
@@ -55,6 +56,8 @@ class PeerProgressRecord(BaseModel):
     samples: conint(ge=0, strict=True)  # type: ignore[valid-type]
     tokens_per_second: confloat(ge=0.0, strict=True)  # type: ignore[valid-type]
     time: StrictFloat
+    finished: StrictBool = False
+    """The peer finished its epoch's local work and waits for the round."""
 
     class Config:
         extra = Extra.forbid
@@ -103,7 +106,7 @@ def parse_progress(subkey: object, value: object, *, now: float) -> PeerProgress
         record = PeerProgressRecord.parse_obj(value)
     except ValidationError as err:
         return f"schema: {err.errors()[0]['loc']} {err.errors()[0]['msg']}"
-    if record.dict() != value:
+    if record.dict(exclude_unset=True) != value:
         return "value needed type conversions to match the schema"
     if record.time > now + MAX_RECORD_AGE:
         return "time stamp is in the future"

@@ -41,6 +41,8 @@ class PeerProgress:
     tokens_per_second: float
     age_seconds: float
     """Seconds since the peer's last update."""
+    finished: bool = False
+    """Done with the epoch's local work, waiting for the round."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def read_swarm_state(dht: hivemind.DHT, *, run_id: str, target_batch_size: int) 
 def _to_peer(record: PeerProgressRecord, now: float) -> PeerProgress:
     peer_id = PeerID(record.peer_id).to_base58()
     return PeerProgress(peer_id, record.hotkey, record.epoch, record.samples,
-                        record.tokens_per_second, max(0.0, now - record.time))
+                        record.tokens_per_second, max(0.0, now - record.time), record.finished)
 
 
 class ProgressReporter:
@@ -111,11 +113,13 @@ class ProgressReporter:
         self.run_id = dht.run_id
         self._peer_id = dht.peer_id.to_bytes()
 
-    def report(self, *, epoch: int, samples: int, tokens_per_second: float) -> bool:
+    def report(self, *, epoch: int, samples: int, tokens_per_second: float,
+               finished: bool = False) -> bool:
         """Store the record (blocking, one DHT round trip); True if at least one node kept it."""
         record = PeerProgressRecord(
             peer_id=self._peer_id, hotkey=self.hotkey, epoch=int(epoch), samples=int(samples),
             tokens_per_second=float(tokens_per_second), time=get_dht_time(),
+            finished=bool(finished),
         )
         return bool(self.dht.store(
             progress_key(self.run_id), subkey=self.dht.record_subkey, value=record.dict(),
