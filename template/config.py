@@ -128,6 +128,9 @@ class NeuronConfig:
     """Seed of the initial weights; every peer of a run must use the same one."""
     workdir: str = f"{DEFAULT_HOME}/work"
     """Folder for this neuron's state (scores, resumable progress)."""
+    resync_every: int = 10
+    """Every this many epochs a miner compares its weights with the canonical checkpoint and
+    reloads it if the fingerprint drifted past half the tolerance (0 = never)."""
     adversary: str = ""
     """RED-TEAM ONLY, off by default: `lazy`, `random-gradient`, `copycat`, `no-show` or
     `slow-link` (see docs/validator.md)."""
@@ -144,6 +147,7 @@ class NeuronConfig:
             f"unknown precision {self.precision!r}; use auto, fp32 or bf16",
         )
         _check(self.epochs >= 0, "--neuron.epochs", "must be >= 0 (0 = forever)")
+        _check(self.resync_every >= 0, "--neuron.resync_every", "must be >= 0 (0 = never)")
         _check(
             self.adversary in ("", *ADVERSARIES),
             "--neuron.adversary",
@@ -271,6 +275,12 @@ class AveragingConfig:
     """Seconds to wait for one peer's reply during matchmaking before skipping it."""
     next_chunk_timeout: float = 10.0
     """Seconds a groupmate may stall between two parts before it is dropped from the round."""
+    trigger: str = "swarm"
+    """Who starts a round: `swarm` (miners read the DHT: target batch reached or every live
+    peer done) or `validator` (miners wait for a validator's AllReduce synapse)."""
+    round_wait: float = 120.0
+    """Seconds a miner that finished its epoch waits for a round before checking whether the
+    swarm moved on without it (it then reloads the latest checkpoint)."""
 
     def __post_init__(self) -> None:
         _check(self.target_batch_size >= 1, "--averaging.target_batch_size", "must be >= 1")
@@ -294,6 +304,9 @@ class AveragingConfig:
             "must be < --averaging.matchmaking_time (hivemind matchmaking deadlocks otherwise)",
         )
         _check(self.next_chunk_timeout > 0, "--averaging.next_chunk_timeout", "must be > 0")
+        _check(self.trigger in ("swarm", "validator"), "--averaging.trigger",
+               "use swarm or validator")
+        _check(self.round_wait > 0, "--averaging.round_wait", "must be > 0 seconds")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,35 @@
+"""Miner entry point: parse flags, build, train with the swarm, close.
+
+    python neurons/miner.py --wallet.name miner1 --wallet.hotkey default \
+        --neuron.initial_peers /ip4/1.2.3.4/tcp/8009/p2p/Qm...
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import bittensor  # noqa: F401  (import before hivemind: it resets existing loggers)
+
+from template.config import parse_config
+from template.miner.build import build_miner
+from template.telemetry import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv, description="Collaborative-training miner")
+    log = setup_logging(cfg.logging, name=f"miner-{cfg.wallet.name}")
+    miner = build_miner(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: miner.stop.set())
+    log.info("miner uid %d, PeerID %s, epoch %d", miner.uid, miner.peer_id, miner.epoch)
+    try:
+        miner.run()
+    except KeyboardInterrupt:
+        log.info("interrupted")
+    finally:
+        miner.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The miner: train the epoch's pages, average with the swarm, step, checkpoint, repeat.
+
+`Miner.run` is the whole life of a miner and reads top to bottom like nanoGPT's loop; every
+subsystem is one call. `build_miner` wires the parts from the config (see `neurons/miner.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hivemind_utils.averaging import AveragingResult, SwarmAverager
+from hivemind_utils.swarm_state import ProgressReporter, SwarmState, should_start_round
+from template.checkpoints import CheckpointError, CheckpointStore
+from template.config import Config
+from template.consensus import checkpoint_pusher, needs_resync
+from template.data import assign_pages, epoch_batches
+from template.data.sources import PageSource
+from template.device import autocast
+from template.miner.ledger import WorkLedger
+from template.miner.rounds import RoundDesk, RoundReport, RoundRequest, wait_for_round
+from template.model import FINGERPRINT_TOLERANCE, fingerprint, fingerprint_distance, load_state_into
+from template.proof import SketchRecorder, sketch_seed
+from template.telemetry import Telemetry
+from template.training import accumulate, apply_gradients, learning_rate, mean_gradient
+
+logger = logging.getLogger(__name__)
+
+REPORT_INTERVAL = 2.0  # seconds between progress records while training
+
+
+@dataclass
+class Miner:
+    """A built miner: every part it uses, and the state of its current epoch.
+
+    Build it with :func:`template.miner.build.build_miner`; `close()` stops what it started.
+    """
+
+    cfg: Config
+    uid: int
+    peer_id: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    tokenizer: Any
+    source: PageSource
+    store: CheckpointStore
+    averager: SwarmAverager
+    reporter: ProgressReporter
+    read_state: Any  # () -> SwarmState
+    device: torch.device
+    precision: str
+    telemetry: Telemetry
+    desk: RoundDesk = field(default_factory=RoundDesk)
+    ledger: WorkLedger = field(default_factory=WorkLedger)
+    stop: threading.Event = field(default_factory=threading.Event)
+    epoch: int = 0
+    closers: list[Any] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        """Train until `--neuron.epochs` epochs are done or `stop` is set."""
+        self.sync_from_store()
+        target = self.cfg.neuron.epochs
+        while not self.stop.is_set() and not (target and self.epoch >= target):
+            epoch = self.epoch
+            if self.ledger.get(epoch) is None or not self.ledger.get(epoch).finished:
+                self.train_epoch(epoch)
+            request = self.wait_for_round(epoch)
+            if request is None:
+                self.catch_up()
+                continue
+            report = self.average_and_step(epoch, request)
+            request.done.set_result(report)
+            if report.success:
+                self.after_step(epoch + 1)
+
+    def train_epoch(self, epoch: int) -> None:
+        """Accumulate the mean gradient of this epoch's pages at the current weights."""
+        data = self.cfg.data
+        pages = assign_pages(run_id=self.cfg.neuron.run_id, epoch=epoch, miner=self.uid,
+                             pages_per_miner=data.pages_per_epoch,
+                             dataset_size=self.source.num_pages)
+        batches = epoch_batches(self.source.pages(pages), self.tokenizer, seq_len=data.seq_len,
+                                batch_size=data.batch_size)
+        self.ledger.begin(epoch, pages=pages, fingerprint=fingerprint(self.model))
+        recorder = SketchRecorder(seed=sketch_seed(self.cfg.neuron.run_id, epoch))
+        self.model.zero_grad(set_to_none=True)
+        started, last_report, tokens, done = time.perf_counter(), 0.0, 0, 0
+        for batch in batches:
+            if self.stop.is_set() or self.desk.pending():
+                break  # a round is waiting: join it with the batches done so far
+            loss = accumulate(self.model, batch.to(self.device),
+                              autocast=autocast(self.device, self.precision))
+            tokens, done = tokens + batch.numel(), done + 1
+            self.ledger.add_batch(epoch, loss=loss, sketch=recorder.record(self.model),
+                                  samples=batch.shape[0], tokens=batch.numel())
+            if time.perf_counter() - last_report > REPORT_INTERVAL:
+                self._report(epoch, tokens / (time.perf_counter() - started), finished=False)
+                last_report = time.perf_counter()
+                if self._swarm_target_reached(epoch):
+                    break
+        mean_gradient(self.model, done)
+        self.ledger.finish(epoch)
+        work = self.ledger.get(epoch)
+        self._report(epoch, tokens / max(time.perf_counter() - started, 1e-9), finished=True)
+        logger.info("epoch %d: %d/%d batches, loss %.4f, %d samples", epoch, done, len(batches),
+                    work.mean_loss, work.samples)
+        self.telemetry.log({"loss": work.mean_loss, "samples": work.samples}, step=epoch)
+
+    def wait_for_round(self, epoch: int) -> RoundRequest | None:
+        avg = self.cfg.averaging
+        return wait_for_round(
+            desk=self.desk, epoch=epoch, min_peers=avg.min_group_size, poll_interval=0.5,
+            read_state=self.swarm_state, self_trigger=avg.trigger == "swarm",
+            timeout=avg.round_wait, stop=self.stop,
+        )
+
+    def average_and_step(self, epoch: int, request: RoundRequest) -> RoundReport:
+        """One all-reduce of the accumulated gradient, then the guarded optimizer step.
+
+        Only a complete round is applied: after a failed or partial one the local gradient is
+        kept (the averager's buffers are reloaded from `.grad` on the next try), so a miner is
+        never left half-stepped.
+        """
+        work = self.ledger.get(epoch)
+        if work is None or work.samples == 0:
+            return RoundReport(success=False, error=f"no samples trained in epoch {epoch}")
+        params = list(self.model.parameters())
+        self.averager.load_gradients(params)
+        avg = self.cfg.averaging
+        result = self.averager.average(weight=work.samples,
+                                       timeout=avg.matchmaking_time + avg.request_timeout)
+        if not result.complete:
+            logger.warning("epoch %d round %s failed: %s", epoch, request.round_id,
+                           result.error or f"failed peers {result.failed_peers}")
+            return _report(result, success=False, fingerprint=(),
+                           error=result.error or f"incomplete round, failed {result.failed_peers}")
+        self.averager.write_gradients(params)
+        lr = learning_rate(epoch, self.cfg.optim)
+        if request.learning_rate is not None and abs(request.learning_rate - lr) > 1e-12:
+            logger.warning("validator asked lr %g for epoch %d; the schedule says %g (used)",
+                           request.learning_rate, epoch, lr)
+        outcome = apply_gradients(self.model, self.optimizer, lr=lr,
+                                  max_grad_norm=self.cfg.optim.max_grad_norm)
+        if not outcome.applied:
+            logger.error("epoch %d: averaged gradient not applied: %s", epoch, outcome.reason)
+        self.epoch = epoch + 1
+        fp = fingerprint(self.model)
+        self._record_epoch(epoch, result, fp, outcome.lr, outcome.grad_norm)
+        self._maybe_push(result)
+        return _report(result, success=True, fingerprint=tuple(fp))
+
+    # ------------------------------------------------------------------ state and agreement
+
+    def sync_from_store(self) -> None:
+        """Load the latest canonical checkpoint when it is ahead of us (late join, restart)."""
+        latest = self._latest_epoch()
+        if latest is not None and latest > self.epoch:
+            self.load_checkpoint(latest)
+
+    def catch_up(self) -> None:
+        """No round came: if the swarm moved on, reload its latest checkpoint."""
+        state = self.swarm_state()
+        if state.global_epoch > self.epoch:
+            logger.warning("swarm is at epoch %d, this miner at %d: reloading", state.global_epoch,
+                           self.epoch)
+            self.sync_from_store()
+            if self.epoch < state.global_epoch:
+                self.stop.wait(1.0)  # the checkpoint is still being pushed; look again soon
+
+    def after_step(self, epoch: int) -> None:
+        """Every `--neuron.resync_every` epochs, reload the canonical weights if we drifted."""
+        every = self.cfg.neuron.resync_every
+        if not every or epoch % every:
+            return
+        try:
+            canonical = self.store.pull(epoch)
+        except CheckpointError as err:
+            logger.info("epoch %d: no canonical checkpoint to compare with yet (%s)", epoch, err)
+            return
+        drift = fingerprint_distance(fingerprint(self.model), canonical.manifest["fingerprint"])
+        logger.info("epoch %d: drift from the canonical checkpoint %.3g", epoch, drift)
+        if needs_resync(epoch=epoch, drift=drift, drift_threshold=FINGERPRINT_TOLERANCE / 2,
+                        resync_every=0):
+            self.load_checkpoint(epoch)
+
+    def load_checkpoint(self, epoch: int) -> None:
+        ckpt = self.store.pull(epoch)
+        load_state_into(self.model, ckpt.state_dict)
+        if ckpt.optimizer_state is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.model.zero_grad(set_to_none=True)
+        self.epoch = epoch
+        logger.info("loaded checkpoint epoch-%d (hash %s)", epoch,
+                    str(ckpt.manifest.get("parameter_hash", ""))[:12])
+
+    def swarm_state(self) -> SwarmState:
+        return self.read_state()
+
+    def _swarm_target_reached(self, epoch: int) -> bool:
+        """Self-triggered swarms stop local work once the swarm has the target batch."""
+        if self.cfg.averaging.trigger != "swarm":
+            return False
+        state = self.swarm_state()
+        return state.global_epoch == epoch and should_start_round(state)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _latest_epoch(self) -> int | None:
+        try:
+            return self.store.latest_epoch()
+        except CheckpointError as err:
+            logger.warning("checkpoint store unavailable: %s", err)
+            return None
+
+    def _report(self, epoch: int, tokens_per_second: float, *, finished: bool) -> None:
+        work = self.ledger.get(epoch)
+        self.reporter.report(epoch=epoch, samples=work.samples if work else 0,
+                             tokens_per_second=tokens_per_second, finished=finished)
+
+    def _maybe_push(self, result: AveragingResult) -> None:
+        members = [p for p in result.participants if p not in result.auxiliaries]
+        if checkpoint_pusher(self.cfg.neuron.run_id, self.epoch, members) != self.peer_id:
+            return
+        metadata = {"participants": members, "run_id": self.cfg.neuron.run_id,
+                    "round_group": result.group_id}
+        try:
+            tag = self.store.push(self.epoch, self.model, self.tokenizer, metadata,
+                                  optimizer_state=self.optimizer.state_dict())
+            logger.info("pushed checkpoint %s", tag)
+        except CheckpointError as err:
+            logger.error("checkpoint push for epoch %d failed: %s", self.epoch, err)
+
+    def _record_epoch(self, epoch: int, result: AveragingResult, fp: list[float], lr: float,
+                      grad_norm: float) -> None:
+        """Append one line per epoch to `<workdir>/epochs.jsonl` (read by the local launcher)."""
+        work = self.ledger.get(epoch)
+        line = {
+            "epoch": epoch + 1, "uid": self.uid, "peer_id": self.peer_id,
+            "loss": work.mean_loss if work else None, "samples": work.samples if work else 0,
+            "fingerprint": fp, "lr": lr, "grad_norm": grad_norm,
+            "participants": list(result.participants), "auxiliaries": list(result.auxiliaries),
+            "allreduce_seconds": result.allreduce_seconds, "bytes_sent": result.bytes_sent,
+            "bytes_received": result.bytes_received, "time": time.time(),
+        }
+        path = Path(self.cfg.neuron.workdir).expanduser() / "epochs.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        self.telemetry.log({"allreduce_seconds": result.allreduce_seconds, "lr": lr,
+                            "grad_norm": grad_norm}, step=epoch)
+
+    def close(self) -> None:
+        self.stop.set()
+        for close in reversed(self.closers):
+            close()
+        self.closers.clear()
+
+
+def _report(result: AveragingResult, *, success: bool, fingerprint: tuple[float, ...],
+            error: str = "") -> RoundReport:
+    return RoundReport(success=success, participants=tuple(result.participants),
+                       bytes_sent=result.bytes_sent, bytes_received=result.bytes_received,
+                       seconds=result.seconds, fingerprint=fingerprint, error=error)

@@ -1,0 +1,118 @@
+"""When a miner averages: the round trigger, and the desk where AllReduce requests wait.
+
+Two triggers start a round, chosen by `--averaging.trigger`:
+
+* `validator` (production): a validator's `AllReduce` synapse arrives on the Axon; the handler
+  leaves a :class:`RoundRequest` at the :class:`RoundDesk` and waits for the training loop to
+  run the round and fill in the report.
+* `swarm` (swarms without validators, and the swarm tests): the miner itself reads the DHT and
+  starts once :func:`swarm_ready` says so.
+
+Either way the training loop calls :func:`wait_for_round` once its epoch's work is finished, so
+averaging always runs on the loop's thread, never on the Axon's.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from hivemind_utils.swarm_state import SwarmState, should_start_round
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What a miner tells the validator about one round (the AllReduce response)."""
+
+    success: bool
+    participants: tuple[str, ...] = ()
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+    fingerprint: tuple[float, ...] = ()
+    error: str = ""
+
+
+@dataclass
+class RoundRequest:
+    """One request to average at `epoch`; `done` resolves when the round is over."""
+
+    epoch: int
+    round_id: str
+    learning_rate: float | None = None
+    done: Future[RoundReport] = field(default_factory=Future)
+
+
+class RoundDesk:
+    """Thread-safe hand-over of round requests from the Axon to the training loop."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[RoundRequest] = queue.Queue()
+
+    def submit(self, request: RoundRequest) -> Future[RoundReport]:
+        self._queue.put(request)
+        return request.done
+
+    def pending(self) -> bool:
+        """A request is waiting (the training loop should wrap up its epoch)."""
+        return not self._queue.empty()
+
+    def take(self, *, timeout: float) -> RoundRequest | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+def swarm_ready(state: SwarmState, *, epoch: int, min_peers: int) -> bool:
+    """The self-trigger: the swarm reached the target batch, or every live peer of `epoch` is done.
+
+    The second clause keeps a small swarm from waiting forever on a target batch it cannot reach
+    (it needs at least `min_peers` finished peers, `--averaging.min_group_size`). This is the
+    function a validator-driven swarm replaces with the validator's decision.
+    """
+    if state.global_epoch != epoch:
+        return False
+    if should_start_round(state):
+        return True
+    here = [p for p in state.peers if p.epoch == epoch]
+    return len(here) >= min_peers and all(p.finished for p in here)
+
+
+def wait_for_round(
+    *,
+    desk: RoundDesk,
+    epoch: int,
+    read_state: Callable[[], SwarmState],
+    self_trigger: bool,
+    min_peers: int,
+    poll_interval: float,
+    timeout: float,
+    stop: threading.Event,
+) -> RoundRequest | None:
+    """Block until a round for `epoch` should start; ``None`` on timeout, on stop, or as soon
+    as the swarm is past `epoch` (the caller then catches up).
+
+    Requests at the desk (validator trigger) are always honoured; with `self_trigger` the
+    miner also starts rounds itself when :func:`swarm_ready`. Requests for another epoch are
+    answered at once with a failure naming both epochs.
+    """
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        request = desk.take(timeout=poll_interval)
+        if request is not None:
+            if request.epoch == epoch:
+                return request
+            request.done.set_result(RoundReport(
+                success=False, error=f"wrong epoch: miner is at {epoch}, asked {request.epoch}"))
+            continue
+        state = read_state()
+        if state.global_epoch > epoch:
+            return None
+        if self_trigger and swarm_ready(state, epoch=epoch, min_peers=min_peers):
+            return RoundRequest(epoch=epoch, round_id=f"swarm-{epoch}")
+    return None
