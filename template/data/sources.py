@@ -20,9 +20,9 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,6 +35,7 @@ FINEWEB_COLUMNS = ("text", "id", "dump", "url", "date", "file_path", "language",
                    "language_score", "token_count")
 FINEWEB_REPO = "HuggingFaceFW/fineweb"
 FINEWEB_CONFIG = "sample-350BT"
+T = TypeVar("T")
 
 
 class ShardError(ValueError):
@@ -53,10 +54,10 @@ class PageSource(Protocol):
     def pages(self, indices: Sequence[int]) -> list[str]: ...
 
 
-def _open(fs: Any, path: str) -> pq.ParquetFile:
-    if fs is None:
-        return pq.ParquetFile(path)
-    return pq.ParquetFile(fs.open(path, "rb"))
+def _with_parquet(fs: Any, path: str, fn: Callable[[pq.ParquetFile], T]) -> T:
+    """``fn(ParquetFile)`` with the file closed afterwards (local path or fsspec ``fs``)."""
+    with (open(path, "rb") if fs is None else fs.open(path, "rb")) as handle:
+        return fn(pq.ParquetFile(handle))
 
 
 def read_row_counts(path: str, *, fs: Any = None,
@@ -65,7 +66,7 @@ def read_row_counts(path: str, *, fs: Any = None,
     if fs is None and not os.path.isfile(path):
         raise ShardError(f"shard {path}: file is missing")
     try:
-        meta = _open(fs, path).metadata
+        meta = _with_parquet(fs, path, lambda f: f.metadata)
         schema = meta.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as err:
         raise ShardError(f"shard {path}: not a readable parquet file ({err})") from err
@@ -138,7 +139,8 @@ class ParquetPageSource:
                 return self._cache[key]
         path = self.files[key[0]]
         try:
-            table = _open(self._fs, path).read_row_group(key[1], columns=["text"])
+            table = _with_parquet(self._fs, path,
+                                  lambda f: f.read_row_group(key[1], columns=["text"]))
         except (OSError, pa.ArrowException) as err:
             raise ShardError(f"shard {path}: cannot read row group {key[1]} ({err})") from err
         texts = table.column("text").to_pylist()
