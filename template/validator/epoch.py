@@ -1,0 +1,131 @@
+"""What the validator learned about one epoch, and the epoch's scores (pure).
+
+An epoch is the validator's scoring unit. During epoch ``e`` Train rounds add each verified
+miner's gradient score and verified samples (:meth:`EpochRecord.add_train`); the epoch's
+AllReduce round adds who took part, what the validator observed of each peer's upload and each
+completer's fingerprint distance from the reference (:meth:`EpochRecord.add_allreduce`). When
+the epoch is over, :func:`epoch_scores` turns the record into one score per uid with the pure
+functions of :mod:`template.validator.scoring`, and the validator folds them into its moving
+average. The record is plain JSON-able data, persisted with the validator state, so a restart
+in the middle of an epoch loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from template.validator.scoring import (
+    PeerTransfer,
+    ScoreWeights,
+    bandwidth_scores,
+    round_scores,
+    steps_scores,
+)
+
+
+@dataclass
+class TrainResult:
+    """Best verified Train result of one uid in the epoch (plain numbers)."""
+
+    gradient: float
+    verified_samples: float
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train: dict[int, TrainResult] = field(default_factory=dict)
+    participants: list[int] = field(default_factory=list)
+    """Uids the validator sent AllReduce to (they are scored on bandwidth and consensus)."""
+    transfers: dict[int, PeerTransfer | None] = field(default_factory=dict)
+    """What the validator observed of each participant's upload (None: nothing arrived)."""
+    drift: dict[int, float | None] = field(default_factory=dict)
+    """Fingerprint distance from the reference of each uid that reported a post-step model."""
+    bandwidth_observed: bool = False
+    """The validator's auxiliary peer was in the group and a reference fingerprint existed;
+    otherwise bandwidth is not scored for the epoch (no punishment for the validator's miss)."""
+    consensus_checked: bool = False
+    """Some participant completed and a reference fingerprint existed: participants are gated
+    on ``drift`` (one that did not complete counts as missing, i.e. scores 0 for the epoch)."""
+    allreduce_done: bool = False
+
+    def add_train(self, uid: int, *, gradient: float, verified_samples: float) -> None:
+        """Keep the better of the uid's Train results in this epoch (re-checks never lower a
+        miner that was verified earlier in the epoch: later responses may cover fewer batches
+        only because the validator asked fewer)."""
+        old = self.train.get(uid)
+        if old is None or verified_samples > old.verified_samples or (
+                verified_samples == old.verified_samples and gradient > old.gradient):
+            self.train[uid] = TrainResult(gradient=gradient, verified_samples=verified_samples)
+
+    def add_allreduce(self, *, participants: list[int],
+                      transfers: Mapping[int, PeerTransfer | None],
+                      drift: Mapping[int, float | None], observed: bool,
+                      consensus_checked: bool) -> None:
+        self.participants = sorted(set(participants))
+        self.transfers = dict(transfers)
+        self.drift = dict(drift)
+        self.bandwidth_observed = observed and consensus_checked
+        self.consensus_checked = consensus_checked
+        self.allreduce_done = True
+
+    # ------------------------------------------------------------ JSON
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "train": {str(u): asdict(r) for u, r in self.train.items()},
+            "participants": self.participants,
+            "transfers": {str(u): None if t is None else asdict(t)
+                          for u, t in self.transfers.items()},
+            "drift": {str(u): d for u, d in self.drift.items()},
+            "bandwidth_observed": self.bandwidth_observed,
+            "consensus_checked": self.consensus_checked,
+            "allreduce_done": self.allreduce_done,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EpochRecord:
+        return cls(
+            epoch=int(data["epoch"]),
+            train={int(u): TrainResult(**r) for u, r in data.get("train", {}).items()},
+            participants=[int(u) for u in data.get("participants", [])],
+            transfers={int(u): None if t is None else PeerTransfer(**t)
+                       for u, t in data.get("transfers", {}).items()},
+            drift={int(u): None if d is None else float(d)
+                   for u, d in data.get("drift", {}).items()},
+            bandwidth_observed=bool(data.get("bandwidth_observed", False)),
+            consensus_checked=bool(data.get("consensus_checked", False)),
+            allreduce_done=bool(data.get("allreduce_done", False)),
+        )
+
+
+def epoch_scores(record: EpochRecord, *, tolerance: float,
+                 weights: ScoreWeights = ScoreWeights(),  # noqa: B008 - frozen, immutable
+                 ) -> dict[int, float]:
+    """One score in [0, 1] per uid the epoch saw (Train-verified or AllReduce participant).
+
+    gradient = the uid's best gradient score; steps = verified samples relative to the epoch's
+    best miner; bandwidth = observed throughput relative to the round's median (only when the
+    validator observed the round); consensus gate = the uid's post-step fingerprint distance
+    (uids that reported one). When the round was checked (``consensus_checked``), a participant
+    that did not complete it is gated too (``None`` drift): its gradient never reached the model,
+    so it scores 0 for the epoch. See docs/validator.md.
+    """
+    gradient = {uid: r.gradient for uid, r in record.train.items()}
+    steps = steps_scores({uid: r.verified_samples for uid, r in record.train.items()})
+    bandwidth: dict[int, float] = {}
+    if record.bandwidth_observed:
+        bandwidth = bandwidth_scores(record.transfers, record.participants)
+    drift: dict[int, float | None] = {}
+    if record.consensus_checked:
+        drift = dict(record.drift)
+        for uid in record.participants:
+            drift.setdefault(uid, None)
+    for uid in set(gradient) | set(steps):
+        gradient.setdefault(uid, 0.0)
+        steps.setdefault(uid, 0.0)
+    return round_scores(gradient=gradient, steps=steps, bandwidth=bandwidth, drift=drift,
+                        tolerance=tolerance, weights=weights)
