@@ -1,0 +1,290 @@
+"""An AllReduce round: trigger it, take part as an auxiliary peer, judge what came out.
+
+    if ready_for_round(state, min_peers=.., idle_seconds=.., patience=..):
+        outcome = await allreduce_round(dendrite=.., targets=.., bindings=.., averager=aux, ...)
+
+Flow of one attempt:
+
+1. The validator sends `AllReduce(epoch, round_id, group settings, learning_rate)` to every
+   participating miner (uids whose chain-bound PeerID is live in the DHT at the global epoch)
+   and, at the same time, runs its own auxiliary :meth:`SwarmAverager.average` (weight 0, no
+   gradient of its own) so that it lands in the same group and reduces a shard: it then
+   *observes* every sender's upload (bytes, seconds) instead of trusting self-reports.
+2. Each miner answers when its round is over: success, its PeerID and its post-step parameter
+   fingerprint. The validator waits (bounded) for the canonical checkpoint ``epoch-(e+1)``.
+3. :func:`judge_round` (pure) decides who completed, maps observed transfers PeerID -> uid
+   through the chain binding only, picks the reference fingerprint (canonical, checked against
+   the median of the reports) and the drift of every completer.
+
+A round in which no miner completed is retried (new round id) up to ``retries`` times; a round
+in which some completed is never retried (those miners already stepped to ``e+1``; the others
+resync from the canonical checkpoint), so no miner is asked to step twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import bittensor as bt
+
+from hivemind_utils.round_stats import AveragingResult
+from hivemind_utils.swarm_state import SwarmState
+from template.config import AveragingConfig
+from template.consensus import checkpoint_pusher
+from template.model import fingerprint_distance
+from template.protocol import (
+    AllReduce,
+    AllReduceLimits,
+    Reason,
+    Rejection,
+    validate_allreduce_response,
+)
+from template.validator.scoring import PeerTransfer
+
+logger = logging.getLogger(__name__)
+
+MIN_MAJORITY = 3
+"""Reports needed before the median of reported fingerprints may overrule the canonical one."""
+DENDRITE_MARGIN = 15.0
+"""Seconds added to ``matchmaking_time + allreduce_timeout`` for the AllReduce Dendrite call:
+the miner first finishes its current batch, then matchmakes, averages, steps and answers."""
+
+
+# ------------------------------------------------------------------ trigger
+
+
+def ready_for_round(state: SwarmState, *, min_peers: int, idle_seconds: float,
+                    patience: float) -> bool:
+    """Whether to start the round of ``state.global_epoch`` now.
+
+    Ready when the live peers at the global epoch accumulated the target batch size, or when at
+    least ``min_peers`` peers are there, some samples exist, and the total has not grown for
+    ``patience`` seconds (``idle_seconds``): the miners finished their pages and a swarm too
+    small for the target would otherwise wait forever.
+    """
+    here = [p for p in state.peers if p.epoch == state.global_epoch]
+    if len(here) < min_peers:
+        return False
+    if state.samples_accumulated >= state.target_batch_size:
+        return True
+    return state.samples_accumulated > 0 and idle_seconds >= patience
+
+
+def live_participants(state: SwarmState, bindings: Mapping[int, str],
+                      serving: Sequence[int]) -> list[int]:
+    """Uids whose bound PeerID has a live DHT record at the global epoch and an Axon."""
+    live = {p.peer_id for p in state.peers if p.epoch == state.global_epoch}
+    return sorted(uid for uid, peer in bindings.items() if peer in live and uid in set(serving))
+
+
+# ------------------------------------------------------------------ judging (pure)
+
+
+@dataclass(frozen=True)
+class AllReduceOutcome:
+    epoch: int
+    round_id: str
+    participants: tuple[int, ...]
+    completed: tuple[int, ...] = ()
+    failures: dict[int, Rejection] = field(default_factory=dict)
+    transfers: dict[int, PeerTransfer | None] = field(default_factory=dict)
+    drift: dict[int, float | None] = field(default_factory=dict)
+    observed: bool = False
+    """The validator's auxiliary peer finished the round in the miners' group."""
+    reference: str = "none"
+    """``canonical``, ``median`` (canonical missing or out of line with the majority), ``none``."""
+    attempts: int = 1
+    aux_error: str | None = None
+
+    @property
+    def consensus_checked(self) -> bool:
+        return bool(self.completed) and self.reference != "none"
+
+
+def median_fingerprint(reports: Sequence[Sequence[float]]) -> list[float]:
+    """Coordinate-wise median of fingerprints of equal length (robust to a minority of liars)."""
+    return [statistics.median(column) for column in zip(*reports, strict=True)]
+
+
+def choose_reference(canonical: Sequence[float] | None, reports: Mapping[int, Sequence[float]],
+                     *, tolerance: float) -> tuple[list[float] | None, str]:
+    """The fingerprint completers are measured against, and where it came from.
+
+    The canonical checkpoint is pushed by ONE miner, so it is trusted only if it agrees with the
+    median of the reports when there are at least :data:`MIN_MAJORITY` of them; otherwise that
+    median is the reference. Without a canonical, the median serves only with a majority.
+    """
+    median = median_fingerprint(list(reports.values())) if reports else None
+    majority = median is not None and len(reports) >= MIN_MAJORITY
+    if canonical is not None:
+        if not majority or _distance(canonical, median) <= tolerance:
+            return list(canonical), "canonical"
+        logger.error("canonical checkpoint disagrees with the median of %d reports "
+                     "(distance %.3g > %g): using the median", len(reports),
+                     _distance(canonical, median), tolerance)
+        return median, "median"
+    return (median, "median") if majority else (None, "none")
+
+
+def _distance(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
+    if a is None or b is None or len(a) != len(b):
+        return float("inf")
+    return fingerprint_distance(list(a), list(b))
+
+
+def judge_round(*, epoch: int, round_id: str, run_id: str, participants: Sequence[int],
+                replies: Mapping[int, AllReduce], aux: AveragingResult | None,
+                bindings: Mapping[int, str], canonical: Sequence[float] | None,
+                tolerance: float, fingerprint_dims: int | None = None) -> AllReduceOutcome:
+    """Everything the round says about each participant (see the module docstring)."""
+    failures: dict[int, Rejection] = {}
+    reports: dict[int, list[float]] = {}
+    limits = AllReduceLimits(fingerprint_dims=fingerprint_dims)
+    in_group = set(aux.participants) if aux is not None and aux.ok else None
+    for uid in participants:
+        reply = replies.get(uid)
+        rejection = (Rejection(Reason.UNREACHABLE, "no reply") if reply is None else
+                     validate_allreduce_response(reply, epoch=epoch, round_id=round_id,
+                                                 limits=limits))
+        if rejection is None and reply.peer_id != bindings.get(uid):
+            rejection = Rejection(Reason.UNVERIFIED, "peer_id is not this uid's bound PeerID")
+        if rejection is None and in_group is not None and reply.peer_id not in in_group:
+            rejection = Rejection(Reason.INCONSISTENT, "not in the group the validator joined")
+        if rejection is None:
+            reports[uid] = list(reply.fingerprint)
+        else:
+            failures[uid] = rejection
+    reference, kind = choose_reference(canonical, reports, tolerance=tolerance)
+    drift: dict[int, float | None] = {}
+    if reference is not None:
+        drift = {uid: _distance(fp, reference) for uid, fp in reports.items()}
+        if kind == "median" and canonical is not None:
+            _blame_pusher(drift, run_id=run_id, epoch=epoch, aux=aux, bindings=bindings,
+                          distance=_distance(canonical, reference))
+    return AllReduceOutcome(
+        epoch=epoch, round_id=round_id, participants=tuple(sorted(participants)),
+        completed=tuple(sorted(reports)), failures=failures,
+        transfers=observed_transfers(aux, bindings, participants),
+        drift=drift, observed=in_group is not None, reference=kind,
+        aux_error=None if aux is None else aux.error)
+
+
+def _blame_pusher(drift: dict[int, float | None], *, run_id: str, epoch: int,
+                  aux: AveragingResult | None, bindings: Mapping[int, str],
+                  distance: float) -> None:
+    """The miner that pushed a canonical checkpoint out of line with the majority is gated."""
+    if aux is None or not aux.ok:
+        return
+    miners = [p for p in aux.participants if p not in set(aux.auxiliaries)]
+    pusher = checkpoint_pusher(run_id, epoch + 1, miners)
+    for uid, peer in bindings.items():
+        if peer == pusher:
+            drift[uid] = max(drift.get(uid) or 0.0, distance)
+
+
+def observed_transfers(aux: AveragingResult | None, bindings: Mapping[int, str],
+                       participants: Sequence[int]) -> dict[int, PeerTransfer | None]:
+    """What the validator's own averager saw of each participant's upload, by uid.
+
+    PeerIDs map to uids only through the chain binding: a sender that is not bound to a
+    participant earns nothing, whatever it claims.
+    """
+    if aux is None:
+        return dict.fromkeys(participants)
+    failed = set(aux.failed_peers)
+    out: dict[int, PeerTransfer | None] = {}
+    for uid in participants:
+        peer = bindings.get(uid)
+        stats = aux.senders.get(peer) if peer is not None else None
+        if stats is None:
+            out[uid] = None
+            continue
+        out[uid] = PeerTransfer(bytes_received=int(stats.bytes), seconds=float(stats.seconds),
+                                failed=peer in failed, banned=bool(stats.banned))
+    return out
+
+
+# ------------------------------------------------------------------ the round
+
+
+async def send_allreduce(dendrite: bt.Dendrite, targets: Mapping[int, bt.AxonInfo], *,
+                         request: AllReduce, timeout: float) -> dict[int, AllReduce]:
+    """One concurrent `AllReduce` call per uid (a copy of ``request`` each)."""
+    uids = sorted(targets)
+    calls = [dendrite.call(targets[uid], request.model_copy(deep=True), timeout=timeout,
+                           deserialize=False) for uid in uids]
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    out: dict[int, AllReduce] = {}
+    for uid, reply in zip(uids, replies, strict=True):
+        if isinstance(reply, BaseException):
+            logger.warning("AllReduce to uid %d raised %s: %s", uid, type(reply).__name__, reply)
+            continue  # judged as "no reply"
+        out[uid] = reply  # type: ignore[assignment]
+    return out
+
+
+def allreduce_request(*, epoch: int, round_id: str, cfg: AveragingConfig,
+                      learning_rate: float) -> AllReduce:
+    return AllReduce(epoch=epoch, round_id=round_id, target_group_size=cfg.target_group_size,
+                     min_group_size=cfg.min_group_size, matchmaking_time=cfg.matchmaking_time,
+                     allreduce_timeout=cfg.allreduce_timeout, learning_rate=learning_rate)
+
+
+async def allreduce_round(
+    *,
+    dendrite: bt.Dendrite,
+    targets: Mapping[int, bt.AxonInfo],
+    bindings: Mapping[int, str],
+    average: Callable[[], AveragingResult],
+    canonical: Callable[[], Awaitable[Sequence[float] | None]],
+    epoch: int,
+    round_id: str,
+    run_id: str,
+    cfg: AveragingConfig,
+    learning_rate: float,
+    tolerance: float,
+    retries: int = 2,
+    retry_delay: float = 2.0,
+    fingerprint_dims: int | None = None,
+) -> AllReduceOutcome:
+    """Run the round of ``epoch`` among ``targets`` (see the module docstring).
+
+    ``average`` runs the validator's auxiliary averaging (blocking; called in a thread),
+    e.g. ``functools.partial(aux.average, weight=0, timeout=...)``. ``canonical`` waits (bounded)
+    for the fingerprint of checkpoint ``epoch-(e+1)``, None when it did not appear.
+    ``retries``: extra attempts when nobody completed ("could not find a group", every miner
+    timed out); raise ``--averaging.matchmaking_time`` if rounds keep failing that way.
+    """
+    timeout = cfg.matchmaking_time + cfg.allreduce_timeout + DENDRITE_MARGIN
+    loop = asyncio.get_running_loop()
+    outcome: AllReduceOutcome | None = None
+    for attempt in range(retries + 1):
+        rid = round_id if attempt == 0 else f"{round_id}-r{attempt}"
+        request = allreduce_request(epoch=epoch, round_id=rid, cfg=cfg,
+                                    learning_rate=learning_rate)
+        aux_future = loop.run_in_executor(None, average)
+        replies = await send_allreduce(dendrite, targets, request=request, timeout=timeout)
+        aux = await aux_future
+        if not aux.ok:
+            logger.warning("validator's auxiliary averaging failed in %s: %s", rid, aux.error)
+        completed = any(r.success and r.epoch == epoch and r.round_id == rid
+                        for r in replies.values())
+        fingerprint = await canonical() if completed else None
+        outcome = judge_round(epoch=epoch, round_id=rid, run_id=run_id,
+                              participants=sorted(targets), replies=replies, aux=aux,
+                              bindings=bindings, canonical=fingerprint, tolerance=tolerance,
+                              fingerprint_dims=fingerprint_dims)
+        outcome = AllReduceOutcome(**{**outcome.__dict__, "attempts": attempt + 1})
+        if outcome.completed:
+            break
+        logger.warning("AllReduce %s: no miner completed (%s); %s", rid,
+                       {u: str(r) for u, r in outcome.failures.items()},
+                       "retrying" if attempt < retries else "giving up")
+        if attempt < retries:
+            await asyncio.sleep(retry_delay)
+    assert outcome is not None
+    return outcome

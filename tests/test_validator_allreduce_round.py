@@ -1,0 +1,226 @@
+"""AllReduce rounds: the trigger and the judge (literal values), and one real round on loopback.
+
+The real round: three miner Axons whose AllReduce handler joins a real ``SwarmAverager`` round
+(small tensors standing in for gradients) and reports the fingerprint of what it averaged, a
+fourth miner that never joins, and the validator's auxiliary averager in the same group. One
+miner lies about its post-step fingerprint. The canonical fingerprint is the exact weighted mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import bittensor as bt
+import pytest
+import torch
+
+from hivemind_utils.averaging import SwarmAverager
+from hivemind_utils.dht import start_dht, visible_maddrs
+from hivemind_utils.round_stats import AveragingResult, SenderStats
+from hivemind_utils.swarm_state import PeerProgress, SwarmState
+from template.chain.local import LocalChain
+from template.config import AveragingConfig, DHTConfig
+from template.model import fingerprint
+from template.protocol import AllReduce, Reason
+from template.transport import MetagraphCache, build_axon, build_dendrite, free_port, start_axon
+from template.validator.allreduce_round import (
+    allreduce_round,
+    choose_reference,
+    judge_round,
+    live_participants,
+    ready_for_round,
+)
+from template.validator.epoch import EpochRecord, epoch_scores
+
+P = ["QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+     "QmQ7TnVMMwpLuoyGMqNg8o3sKMKZt8DmTB1Eo3BtNE4W7Z",
+     "QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+     "QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb"]
+TOL = 1e-4
+
+
+def _peer(peer_id, epoch, samples):
+    return PeerProgress(peer_id=peer_id, hotkey="hk", epoch=epoch, samples=samples,
+                        tokens_per_second=1.0, age_seconds=0.0)
+
+
+def test_trigger_waits_for_the_target_batch_or_a_stalled_swarm():
+    peers = [_peer(P[0], 3, 40), _peer(P[1], 3, 30), _peer(P[2], 2, 500)]
+    state = SwarmState(global_epoch=3, target_batch_size=64, samples_accumulated=70, peers=peers)
+    assert ready_for_round(state, min_peers=2, idle_seconds=0, patience=60)
+    assert not ready_for_round(state, min_peers=3, idle_seconds=0, patience=60)  # a straggler
+    short = SwarmState(global_epoch=3, target_batch_size=640, samples_accumulated=70,
+                       peers=peers)
+    assert not ready_for_round(short, min_peers=2, idle_seconds=10, patience=60)
+    assert ready_for_round(short, min_peers=2, idle_seconds=61, patience=60)
+    # participants: bound, live at the global epoch, serving
+    bindings = {0: P[0], 1: P[1], 2: P[2], 3: P[3]}
+    assert live_participants(state, bindings, serving=[0, 1, 2, 3]) == [0, 1]
+    assert live_participants(state, bindings, serving=[1]) == [1]
+
+
+def test_reference_is_the_canonical_unless_the_majority_disagrees():
+    good = [1.0, 2.0, 3.0]
+    near = [1.0, 2.0, 3.0 + 1e-6]
+    bad = [1.5, 2.0, 3.0]
+    assert choose_reference(good, {0: near, 1: near, 2: bad}, tolerance=TOL)[1] == "canonical"
+    ref, kind = choose_reference(bad, {0: near, 1: near, 2: good}, tolerance=TOL)
+    assert kind == "median" and abs(ref[2] - 3.0) < 1e-5
+    assert choose_reference(bad, {0: good, 1: good}, tolerance=TOL)[1] == "canonical"  # no quorum
+    assert choose_reference(None, {0: good, 1: good}, tolerance=TOL) == (None, "none")
+    assert choose_reference(None, {0: good, 1: good, 2: near}, tolerance=TOL)[1] == "median"
+
+
+def _reply(uid, *, rid="r1", fp=(1.0, 2.0, 3.0), success=True, peer=None):
+    syn = AllReduce(epoch=5, round_id=rid, success=success, peer_id=peer or P[uid],
+                    participants=[P[0], P[1]], fingerprint=list(fp))
+    syn.dendrite.status_code = 200
+    return syn
+
+
+def test_judge_maps_observations_through_the_chain_binding_only():
+    aux = AveragingResult(ok=True, participants=(P[0], P[1], P[2], P[3]), auxiliaries=(P[3],),
+                          senders={P[0]: SenderStats(1000, 2, 0.5, 2000.0, 8.0, False),
+                                   P[1]: SenderStats(1000, 2, 2.0, 500.0, 8.0, False),
+                                   P[2]: SenderStats(1000, 2, 0.5, 2000.0, 8.0, True)},
+                          banned_senders=(P[2],))
+    replies = {0: _reply(0), 1: _reply(1, fp=(1.0, 2.0, 3.5)), 2: _reply(2, peer=P[0]),
+               4: _reply(4, rid="other", peer=P[3])}
+    out = judge_round(epoch=5, round_id="r1", run_id="run", participants=[0, 1, 2, 4, 5],
+                      replies=replies, aux=aux, bindings={0: P[0], 1: P[1], 2: P[2], 4: P[3]},
+                      canonical=[1.0, 2.0, 3.0], tolerance=TOL)
+    assert out.completed == (0, 1) and out.reference == "canonical" and out.observed
+    assert out.drift[0] == 0.0 and out.drift[1] > TOL
+    assert out.failures[2].reason is Reason.UNVERIFIED          # claimed someone else's PeerID
+    assert out.failures[4].reason is Reason.WRONG_ROUND
+    assert out.failures[5].reason is Reason.UNREACHABLE
+    assert out.transfers[0].bytes_received == 1000 and out.transfers[2].banned
+    assert out.transfers[5] is None
+    record = EpochRecord(epoch=5)
+    record.add_allreduce(participants=list(out.participants), transfers=out.transfers,
+                         drift=out.drift, observed=out.observed,
+                         consensus_checked=out.consensus_checked)
+    scores = epoch_scores(record, tolerance=TOL)
+    assert scores[0] > 0 and scores[1] == 0.0 and scores[2] == scores[4] == scores[5] == 0.0
+
+
+# ------------------------------------------------------------------ a real round
+
+SHAPES = [(1000,), (7, 11)]
+FAST = AveragingConfig(matchmaking_time=2.0, request_timeout=1.0, min_group_size=2,
+                       target_group_size=8, allreduce_timeout=20.0, next_chunk_timeout=3.0)
+WEIGHTS = [8.0, 16.0, 8.0]
+
+
+def _wallet(path, name):
+    wallet = bt.Wallet(name=name, hotkey="default", path=str(path))
+    wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
+    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
+    return wallet
+
+
+def _as_state(tensors):
+    return {f"t{i}": t.clone() for i, t in enumerate(tensors)}
+
+
+def _miner_handler(averager, weight, *, lie=False, join=True):
+    def handle(synapse: AllReduce) -> AllReduce:
+        if not join:
+            synapse.success, synapse.error = False, "not joining"
+            return synapse
+        result = averager.average(weight=weight, timeout=FAST.matchmaking_time * 3)
+        synapse.success, synapse.peer_id = result.ok, str(averager.peer_id)
+        synapse.participants = list(result.participants)
+        with averager.get_tensors() as tensors:
+            fp = fingerprint(_as_state(tensors))
+        synapse.fingerprint = [2 * x for x in fp] if lie else fp
+        synapse.error = result.error or ""
+        return synapse
+    return handle
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("allreduce")
+    torch.manual_seed(0)
+    values = [[torch.randn(s) for s in SHAPES] for _ in WEIGHTS]
+    total = sum(WEIGHTS)
+    mean = [sum(w * v[i] for v, w in zip(values, WEIGHTS, strict=True)) / total
+            for i in range(len(SHAPES))]
+    boot = start_dht(DHTConfig(), run_id="vround")
+    dhts = [boot] + [start_dht(DHTConfig(), run_id="vround", initial_peers=visible_maddrs(boot))
+                     for _ in range(3)]
+    miners = [SwarmAverager(dht=d, run_id="vround", cfg=FAST, part_size_bytes=512,
+                            tensors=[v.clone() for v in vals])
+              for d, vals in zip(dhts[:3], values, strict=True)]
+    aux = SwarmAverager(dht=dhts[3], run_id="vround", cfg=FAST, part_size_bytes=512,
+                        auxiliary=True, params=[torch.empty(s, device="meta") for s in SHAPES])
+    chain = LocalChain(tmp / "chain.sqlite")
+    names = ["honest-a", "honest-b", "liar", "no-show", "validator"]
+    wallets = {n: _wallet(tmp, n) for n in names}
+    uids = {n: chain.register(wallets[n]) for n in names}
+    chain.add_stake(wallets["validator"].hotkey.ss58_address, 100)
+    cache = MetagraphCache(chain, refresh_interval=0.5)
+    handlers = {
+        "honest-a": _miner_handler(miners[0], WEIGHTS[0]),
+        "honest-b": _miner_handler(miners[1], WEIGHTS[1]),
+        "liar": _miner_handler(miners[2], WEIGHTS[2], lie=True),
+        "no-show": _miner_handler(None, 1.0, join=False),
+    }
+    axons = []
+    for name, handler in handlers.items():
+        axon = start_axon(build_axon(wallet=wallets[name], graph=cache.get, port=free_port(),
+                                     handlers={AllReduce: handler}))
+        chain.serve_axon(wallets[name], ip="127.0.0.1", port=axon.port)
+        axons.append(axon)
+    peers = [str(m.peer_id) for m in miners] + ["QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb"]
+    bindings = {uids[n]: p for n, p in zip(handlers, peers, strict=True)}
+    yield dict(chain=chain, wallets=wallets, uids=uids, aux=aux, bindings=bindings,
+               canonical=fingerprint(_as_state(mean)))
+    for axon in axons:
+        axon.stop()
+    for averager in [*miners, aux]:
+        averager.shutdown()
+    for node in reversed(dhts):
+        node.shutdown()
+
+
+def test_a_real_round_pays_honest_peers_and_gates_the_liar(swarm):
+    uids, graph = swarm["uids"], swarm["chain"].metagraph()
+    miners = [uids[n] for n in ("honest-a", "honest-b", "liar", "no-show")]
+
+    async def canonical():
+        return swarm["canonical"]
+
+    async def go():
+        dendrite = build_dendrite(swarm["wallets"]["validator"])
+        try:
+            return await allreduce_round(
+                dendrite=dendrite, targets={u: graph.axon(u) for u in miners},
+                bindings=swarm["bindings"],
+                average=functools.partial(swarm["aux"].average, weight=0,
+                                          timeout=FAST.matchmaking_time * 3),
+                canonical=canonical, epoch=0, round_id="e0", run_id="vround", cfg=FAST,
+                learning_rate=1e-3, tolerance=TOL, retries=1)
+        finally:
+            await dendrite.aclose_session()
+
+    started = time.monotonic()
+    out = asyncio.run(go())
+    assert time.monotonic() - started < 60
+    assert out.observed and out.reference == "canonical", out
+    assert set(out.completed) == {uids["honest-a"], uids["honest-b"], uids["liar"]}
+    assert out.failures[uids["no-show"]].reason is Reason.MINER_ERROR
+    for name in ("honest-a", "honest-b"):
+        assert out.drift[uids[name]] < 1e-6  # ulp-level: local + delta, not bitwise equal
+        assert out.transfers[uids[name]].bytes_received > 0
+    assert out.drift[uids["liar"]] > 0.5
+    record = EpochRecord(epoch=0)
+    record.add_allreduce(participants=list(out.participants), transfers=out.transfers,
+                         drift=out.drift, observed=out.observed,
+                         consensus_checked=out.consensus_checked)
+    scores = epoch_scores(record, tolerance=TOL)
+    assert scores[uids["honest-a"]] > 0 and scores[uids["honest-b"]] > 0
+    assert scores[uids["liar"]] == 0.0 and scores[uids["no-show"]] == 0.0
