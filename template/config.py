@@ -321,14 +321,31 @@ class ValidatorConfig:
     """Miners queried per Train round."""
     check_batches: int = 2
     """Batches of each Train response recomputed and compared."""
-    min_cosine: float = 0.9
-    """Smallest sketch cosine similarity that counts as agreement."""
-    min_norm_ratio: float = 0.8
-    """Smallest norm ratio (min/max of the two sketch norms) that counts as agreement."""
+    min_cosine: float = 0.98
+    """Smallest sketch cosine that counts as agreement (honest bf16 vs fp32: 0.99998; lazy <= 0.93;
+    docs/validator.md). Lower it only if honest miners' checks fail with cosines just below."""
+    min_norm_ratio: float = 0.95
+    """Smallest norm ratio (min/max of the two sketch norms) that counts as agreement (honest
+    bf16 vs fp32: 0.999; a gradient scaled x2 or x0.5: 0.5)."""
     ema_alpha: float = 0.3
     """Weight of the newest round in the per-uid moving average of scores."""
     query_timeout: float = 30.0
     """Seconds a Train query may take before the miner scores zero for the round."""
+    train_interval: float = 60.0
+    """Seconds between two Train rounds (lower it to verify more often; costs validator compute)."""
+    poll_interval: float = 5.0
+    """Seconds between two reads of the swarm state (round trigger, weights)."""
+    round_patience: float = 120.0
+    """Seconds the swarm's sample count may stay flat below the target before a round starts
+    anyway; raise it if rounds start while miners are still training."""
+    allreduce_retries: int = 2
+    """Extra attempts of an AllReduce round in which no miner completed."""
+    checkpoint_timeout: float = 120.0
+    """Seconds to wait for the canonical checkpoint `epoch-(e+1)` after a round; raise it if
+    logs say "no canonical checkpoint" on a slow store."""
+    fingerprint_tolerance: float = 1e-4
+    """Largest post-step fingerprint distance from the reference that counts as consensus
+    (measured honest spread and margin: docs/validator.md)."""
 
     def __post_init__(self) -> None:
         _check(self.sample_size >= 1, "--validator.sample_size", "must be >= 1")
@@ -337,6 +354,13 @@ class ValidatorConfig:
         _check(0 <= self.min_norm_ratio <= 1, "--validator.min_norm_ratio", "must be in [0, 1]")
         _check(0 < self.ema_alpha <= 1, "--validator.ema_alpha", "must be in (0, 1]")
         _check(self.query_timeout > 0, "--validator.query_timeout", "must be > 0")
+        _check(self.train_interval > 0, "--validator.train_interval", "must be > 0")
+        _check(self.poll_interval > 0, "--validator.poll_interval", "must be > 0")
+        _check(self.round_patience >= 0, "--validator.round_patience", "must be >= 0")
+        _check(self.allreduce_retries >= 0, "--validator.allreduce_retries", "must be >= 0")
+        _check(self.checkpoint_timeout > 0, "--validator.checkpoint_timeout", "must be > 0")
+        _check(self.fingerprint_tolerance > 0, "--validator.fingerprint_tolerance",
+               "must be > 0")
 
 
 @dataclass(frozen=True)

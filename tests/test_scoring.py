@@ -1,0 +1,225 @@
+"""Pure scoring rules, tested with literal values (no neuron, no network, no model)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from template.proof import SketchAgreement, rejected
+from template.validator.scoring import (
+    BANDWIDTH_CAP,
+    PeerTransfer,
+    ScoreWeights,
+    bandwidth_scores,
+    consensus_ok,
+    ema_update,
+    gradient_score,
+    normalize_weights,
+    round_scores,
+    steps_scores,
+    throughput,
+    verified_samples,
+)
+
+THRESHOLDS = {"min_cosine": 0.95, "min_norm_ratio": 0.9}
+GOOD = SketchAgreement(cosine=0.9999, norm_ratio=0.999)
+LAZY = SketchAgreement(cosine=0.93, norm_ratio=0.95)  # raw cosine of a lazy-mean claim
+SCALED = SketchAgreement(cosine=1.0, norm_ratio=0.5)
+DIFF_LAZY = SketchAgreement(cosine=-1.0, norm_ratio=0.14, kind="difference")
+
+
+# ----------------------------------------------------------------------------- gradient
+
+
+def test_gradient_score_fraction_passing():
+    assert gradient_score([GOOD, GOOD, GOOD], **THRESHOLDS) == 1.0
+    assert gradient_score([GOOD, LAZY, DIFF_LAZY], **THRESHOLDS) == pytest.approx(1 / 3)
+    assert gradient_score([SCALED, SCALED], **THRESHOLDS) == 0.0
+    assert gradient_score([rejected("NaN")], **THRESHOLDS) == 0.0
+
+
+def test_gradient_score_zero_cases():
+    assert gradient_score([], **THRESHOLDS) == 0.0
+    nan = SketchAgreement(cosine=math.nan, norm_ratio=1.0)
+    inf = SketchAgreement(cosine=1.0, norm_ratio=math.inf)
+    assert gradient_score([GOOD, GOOD, nan], **THRESHOLDS) == 0.0
+    assert gradient_score([inf, GOOD], **THRESHOLDS) == 0.0
+
+
+def test_gradient_score_monotone_in_passing_checks():
+    checks = [LAZY] * 4
+    previous = -1.0
+    for n in range(5):
+        score = gradient_score([GOOD] * n + checks[n:], **THRESHOLDS)
+        assert score > previous
+        previous = score
+
+
+def test_gradient_score_threshold_edges():
+    edge = SketchAgreement(cosine=0.95, norm_ratio=0.9)
+    below = SketchAgreement(cosine=0.9499, norm_ratio=0.9)
+    assert gradient_score([edge], **THRESHOLDS) == 1.0
+    assert gradient_score([below], **THRESHOLDS) == 0.0
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def test_verified_samples():
+    assert verified_samples(64, 1.0, max_samples=64) == 64
+    assert verified_samples(64, 0.5, max_samples=64) == 32
+    assert verified_samples(1000, 1.0, max_samples=64) == 64  # inflated claim capped
+    assert verified_samples(64, 0.0, max_samples=64) == 0
+    assert verified_samples(-5, 1.0, max_samples=64) == 0
+    assert verified_samples(64, math.nan, max_samples=64) == 0
+    assert verified_samples(64, 1.0, max_samples=0) == 0
+
+
+def test_steps_scores_relative_to_best():
+    scores = steps_scores({1: 64.0, 2: 32.0, 3: 0.0, 4: math.nan, 5: -3.0})
+    assert scores == {1: 1.0, 2: 0.5, 3: 0.0, 4: 0.0, 5: 0.0}
+    assert steps_scores({1: 0.0, 2: 0.0}) == {1: 0.0, 2: 0.0}
+    assert steps_scores({}) == {}
+
+
+def test_steps_monotone():
+    base = {1: 10.0, 2: 20.0, 3: 40.0}
+    more = {**base, 1: 30.0}
+    assert steps_scores(more)[1] > steps_scores(base)[1]
+    # and the others do not gain from a rival doing more work
+    assert all(steps_scores(more)[u] <= steps_scores(base)[u] for u in (2, 3))
+
+
+# ----------------------------------------------------------------------------- bandwidth
+
+
+def test_throughput_only_counts_what_arrived():
+    assert throughput(PeerTransfer(bytes_received=1000, seconds=2.0)) == 500.0
+    assert throughput(None) == 0.0
+    assert throughput(PeerTransfer(bytes_received=1000, seconds=2.0, failed=True)) == 0.0
+    assert throughput(PeerTransfer(bytes_received=1000, seconds=2.0, banned=True)) == 0.0
+    assert throughput(PeerTransfer(bytes_received=0, seconds=2.0)) == 0.0
+    assert throughput(PeerTransfer(bytes_received=1000, seconds=math.nan)) == 0.0
+    # a zero duration is timer resolution, not infinite speed
+    assert throughput(PeerTransfer(bytes_received=1000, seconds=0.0)) == pytest.approx(1e6)
+
+
+def test_bandwidth_scores_relative_to_median_and_capped():
+    observed = {
+        1: PeerTransfer(bytes_received=100, seconds=1.0),
+        2: PeerTransfer(bytes_received=200, seconds=1.0),
+        3: PeerTransfer(bytes_received=400, seconds=1.0),
+        4: PeerTransfer(bytes_received=10_000, seconds=1.0),  # 50x the median: capped
+        5: PeerTransfer(bytes_received=300, seconds=1.0, failed=True),
+        6: PeerTransfer(bytes_received=300, seconds=1.0, banned=True),
+        99: PeerTransfer(bytes_received=300, seconds=1.0),  # not a participant: ignored
+    }
+    scores = bandwidth_scores(observed, participants=[1, 2, 3, 4, 5, 6, 7])
+    median = 300.0  # of 100, 200, 400, 10000
+    assert scores[1] == pytest.approx(100 / median / BANDWIDTH_CAP)
+    assert scores[2] == pytest.approx(200 / median / BANDWIDTH_CAP)
+    assert scores[3] == pytest.approx(400 / median / BANDWIDTH_CAP)
+    assert scores[4] == 1.0
+    assert scores[5] == scores[6] == scores[7] == 0.0  # failed, banned, absent
+    assert 99 not in scores
+    assert scores[1] < scores[2] < scores[3] <= scores[4]
+
+
+def test_bandwidth_all_silent():
+    assert bandwidth_scores({}, participants=[1, 2]) == {1: 0.0, 2: 0.0}
+    assert bandwidth_scores({}, participants=[]) == {}
+
+
+# ----------------------------------------------------------------------------- combine
+
+
+def test_consensus_ok():
+    assert consensus_ok(0.0, tolerance=1e-4)
+    assert consensus_ok(1e-4, tolerance=1e-4)
+    assert not consensus_ok(2e-4, tolerance=1e-4)
+    assert not consensus_ok(None, tolerance=1e-4)
+    assert not consensus_ok(math.nan, tolerance=1e-4)
+    assert not consensus_ok(-1.0, tolerance=1e-4)
+
+
+def test_round_scores_weighted_sum_and_gate():
+    w = ScoreWeights()
+    scores = round_scores(
+        gradient={1: 1.0, 2: 1.0, 3: 0.5},
+        steps={1: 1.0, 2: 1.0, 3: 0.25},
+        bandwidth={1: 0.5, 2: 1.0},
+        drift={1: 1e-7, 2: 5e-3, 4: None},
+        tolerance=1e-4,
+    )
+    assert scores[1] == pytest.approx(w.gradient + w.steps + 0.5 * w.bandwidth)
+    assert scores[2] == 0.0  # stepped off the canonical weights: nothing for the round
+    assert scores[3] == pytest.approx(0.5 * w.gradient + 0.25 * w.steps)  # not in all-reduce
+    assert scores[4] == 0.0  # reported no readable fingerprint
+    assert set(scores) == {1, 2, 3, 4}
+
+
+def test_round_scores_clamps_components():
+    scores = round_scores(gradient={1: math.nan}, steps={1: 7.0}, bandwidth={1: -1.0},
+                          drift={}, tolerance=1e-4)
+    assert scores[1] == pytest.approx(ScoreWeights().steps)
+
+
+def test_score_weights_validated():
+    assert ScoreWeights(gradient=0.4, steps=0.3, bandwidth=0.3).gradient == 0.4
+    with pytest.raises(ValueError):
+        ScoreWeights(gradient=0.5, steps=0.5, bandwidth=0.5)
+    with pytest.raises(ValueError):
+        ScoreWeights(gradient=-0.1, steps=0.6, bandwidth=0.5)
+
+
+def test_ema_math():
+    prev = {1: 0.5, 2: 1.0, 3: 0.2}
+    new = ema_update(prev, {1: 1.0, 2: 0.0, 4: 1.0, 5: math.nan}, alpha=0.3)
+    assert new[1] == pytest.approx(0.3 * 1.0 + 0.7 * 0.5)
+    assert new[2] == pytest.approx(0.7)
+    assert new[3] == 0.2  # not scored this round: unchanged
+    assert new[4] == pytest.approx(0.3)  # newcomer starts from 0
+    assert new[5] == 0.0
+    assert prev == {1: 0.5, 2: 1.0, 3: 0.2}  # inputs untouched
+    # repeated rounds converge to the steady score
+    ema: dict[int, float] = {}
+    for _ in range(60):
+        ema = ema_update(ema, {1: 0.8}, alpha=0.3)
+    assert ema[1] == pytest.approx(0.8, rel=1e-6)
+    assert ema_update({1: 0.4}, {1: 0.9}, alpha=1.0) == {1: 0.9}
+    with pytest.raises(ValueError):
+        ema_update({}, {}, alpha=0.0)
+
+
+def test_normalize_weights():
+    weights = normalize_weights({1: 0.6, 2: 0.2, 3: 0.0, 4: -1.0, 5: math.nan, 6: 0.2})
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert weights == pytest.approx({1: 0.6, 2: 0.2, 3: 0.0, 4: 0.0, 5: 0.0, 6: 0.2})
+    assert normalize_weights({1: 0.0, 2: 0.0}) == {1: 0.0, 2: 0.0}
+    assert normalize_weights({}) == {}
+
+
+def test_pipeline_pays_honest_work_only():
+    """A whole round with literal observations: honest > slow honest > lazy = 0 for proofs."""
+    lazy_checks = [LAZY, LAZY, DIFF_LAZY]
+    g = {
+        1: gradient_score([GOOD, GOOD, GOOD], **THRESHOLDS),
+        2: gradient_score([GOOD, GOOD, GOOD], **THRESHOLDS),
+        3: gradient_score(lazy_checks, **THRESHOLDS),
+    }
+    claimed = {1: 64, 2: 32, 3: 64}
+    s = steps_scores({u: verified_samples(claimed[u], g[u], max_samples=64) for u in g})
+    b = bandwidth_scores(
+        {1: PeerTransfer(bytes_received=4_000_000, seconds=1.0),
+         2: PeerTransfer(bytes_received=4_000_000, seconds=2.0),
+         3: PeerTransfer(bytes_received=4_000_000, seconds=1.0)},
+        participants=[1, 2, 3],
+    )
+    r = round_scores(gradient=g, steps=s, bandwidth=b, drift={1: 0.0, 2: 0.0, 3: 0.0},
+                     tolerance=1e-4)
+    assert g[3] == 0.0 and s[3] == 0.0
+    assert r[1] > r[2] > r[3]
+    weights = normalize_weights(ema_update({}, r, alpha=0.3))
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert weights[1] > weights[2] > weights[3]
