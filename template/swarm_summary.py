@@ -1,0 +1,136 @@
+"""The local swarm's summary: what each epoch produced, who agreed, and who earned what.
+
+Built from what the run left on disk (each miner's `epochs.jsonl`, the checkpoint store's
+manifests, the validators' persisted scores) and from the local chain (weights, incentive), so
+it describes the run as any observer could check it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from template.chain.local import LocalChain
+from template.checkpoints import CheckpointError, LocalStore, tag_for
+from template.model import FINGERPRINT_TOLERANCE
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], miners: list[str],
+                  cheaters: dict[str, str], epochs: int, ok: bool) -> dict[str, Any]:
+    """The `--summary` JSON object (see docs/local-devnet.md for every key)."""
+    store = LocalStore(workdir / "checkpoints")
+    bindings = chain.peer_bindings()
+    uid_of_peer = {peer: uid for uid, peer in bindings.items()}
+    lines = {name: _read_jsonl(workdir / "miners" / name / "epochs.jsonl")
+             for name in [*miners, *cheaters]}
+    expected = {uids[name] for name in [*miners, *cheaters]}
+    out_epochs = []
+    for epoch in range(1, epochs + 1):
+        rows = {uids[name]: row for name, rows in lines.items() for row in rows
+                if row["epoch"] == epoch}
+        honest = [rows[uids[m]] for m in miners if uids[m] in rows]
+        peers = {p for row in rows.values() for p in row["participants"]
+                 if p not in row.get("auxiliaries", [])}
+        participants = sorted(uid_of_peer[p] for p in peers if p in uid_of_peer)
+        out_epochs.append({
+            "epoch": epoch,
+            "loss": statistics.fmean(r["loss"] for r in honest) if honest else None,
+            "fingerprints": {str(uid): row["fingerprint"] for uid, row in sorted(rows.items())},
+            "canonical_fingerprint": _canonical(store, epoch),
+            "fingerprint_tolerance": FINGERPRINT_TOLERANCE,
+            "participants": participants,
+            "failed": sorted(expected - set(participants)),
+            "allreduce_seconds": max((r["allreduce_seconds"] for r in honest), default=None),
+            "checkpoint_tag": tag_for(epoch) if tag_for(epoch) in store.tags() else None,
+        })
+    weights = _latest_weights(chain)
+    return {
+        "ok": ok,
+        "epochs": out_epochs,
+        "scores": _scores(workdir),
+        "weights": {str(uid): w for uid, w in sorted(weights.items())},
+        "incentive": {str(uid): v for uid, v in sorted(chain.incentive().items())},
+        "cheaters": {str(uids[name]): kind for name, kind in cheaters.items()},
+        "roles": {str(uid): name for name, uid in sorted(uids.items(), key=lambda kv: kv[1])},
+        "store": str(store.root),
+    }
+
+
+def _canonical(store: LocalStore, epoch: int) -> list[float] | None:
+    try:
+        return list(store.pull(epoch).manifest["fingerprint"])
+    except CheckpointError:
+        return None
+
+
+def _latest_weights(chain: LocalChain) -> dict[int, float]:
+    """Stake-weighted mean of every validator's last weights (one validator: its weights)."""
+    graph = chain.metagraph()
+    total: dict[int, float] = {}
+    stake_sum = 0.0
+    for validator, row in chain.weights().items():
+        neuron = graph.neuron(validator)
+        stake = neuron.stake if neuron is not None else 0.0
+        stake_sum += stake
+        for uid, w in row.items():
+            total[uid] = total.get(uid, 0.0) + stake * w
+    return {uid: w / stake_sum for uid, w in total.items()} if stake_sum else {}
+
+
+def _scores(workdir: Path) -> dict[str, dict[str, float]]:
+    """Per-uid moving-average scores persisted by the first validator (empty without one)."""
+    for path in sorted((workdir / "validators").glob("*/scores.json")):
+        return json.loads(path.read_text()).get("scores", {})
+    return {}
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    print(f"\n{'epoch':>5} {'loss':>8} {'participants':>12} {'allreduce s':>11}  checkpoint")
+    for e in summary["epochs"]:
+        loss = f"{e['loss']:.4f}" if e["loss"] is not None else "-"
+        secs = f"{e['allreduce_seconds']:.2f}" if e["allreduce_seconds"] is not None else "-"
+        print(f"{e['epoch']:>5} {loss:>8} {len(e['participants']):>12} {secs:>11}  "
+              f"{e['checkpoint_tag'] or '-'}")
+    print(f"\n{'uid':>4} {'role':<12} {'score':>7} {'weight':>7} {'incentive':>9}")
+    for uid, name in summary["roles"].items():
+        role = summary["cheaters"].get(uid, name)
+        score = summary["scores"].get(uid, {}).get("total")
+        print(f"{uid:>4} {role:<12} {_fmt(score):>7} {_fmt(summary['weights'].get(uid)):>7} "
+              f"{_fmt(summary['incentive'].get(uid)):>9}")
+    print(f"\nok: {summary['ok']}   checkpoints: {summary['store']}", flush=True)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def save_plot(summary: dict[str, Any], path: Path) -> None:
+    """Loss per epoch and weight per uid, side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    points = [(e["epoch"], e["loss"]) for e in summary["epochs"] if e["loss"] is not None]
+    if points:
+        left.plot(*zip(*points, strict=True), marker="o")
+    left.set(title="swarm loss", xlabel="epoch", ylabel="mean training loss")
+    uids = list(summary["roles"])
+    labels = [summary["cheaters"].get(u, summary["roles"][u]) for u in uids]
+    right.bar(range(len(uids)), [summary["weights"].get(u, 0.0) for u in uids],
+              color=["tab:red" if u in summary["cheaters"] else "tab:blue" for u in uids])
+    right.set_xticks(range(len(uids)), [f"{u}\n{lab}" for u, lab in zip(uids, labels,
+                                                                         strict=True)])
+    right.set(title="weights on the local chain", ylabel="weight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
