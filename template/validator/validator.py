@@ -1,0 +1,307 @@
+"""The validator neuron: wiring of the round functions, state, weights and logging.
+
+    validator = Validator(cfg)
+    validator.run()          # until Ctrl+C (or --neuron.epochs epochs scored)
+    validator.close()
+
+One loop (``step``), every ``--validator.poll_interval`` seconds:
+
+1. read the metagraph and the swarm state (DHT); forget scores of replaced hotkeys;
+2. when the swarm's epoch moved past the one being collected, score that epoch
+   (:func:`~template.validator.epoch.epoch_scores`) into the moving average;
+3. every ``--validator.train_interval`` seconds, a Train round on a sample of serving miners;
+4. when :func:`~template.validator.allreduce_round.ready_for_round`, Train-verify the round's
+   participants not verified yet this epoch, run the AllReduce round, score the epoch;
+5. set weights when the chain's rate limit allows; persist the state; log to wandb.
+
+Every decision is a call into a small module (verify, train_round, allreduce_round, epoch,
+scoring, weights, state); this class only holds the long-lived parts and the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import bittensor as bt
+
+from hivemind_utils import SwarmAverager, read_swarm_state, start_dht
+from hivemind_utils.identity import identity_path
+from hivemind_utils.swarm_state import SwarmState
+from template.chain import Chain, ChainError, build_chain
+from template.checkpoints import build_store
+from template.config import Config
+from template.data import build_page_source, load_tokenizer
+from template.device import resolve_device, resolve_precision
+from template.proof import sketch_seed
+from template.telemetry import Telemetry
+from template.training import learning_rate
+from template.transport import build_dendrite
+from template.validator import weights as weights_mod
+from template.validator.allreduce_round import (
+    AllReduceOutcome,
+    allreduce_round,
+    live_participants,
+    ready_for_round,
+)
+from template.validator.epoch import EpochRecord, epoch_scores
+from template.validator.reference import ReferenceModel, wait_for_checkpoint
+from template.validator.scoring import ema_update
+from template.validator.state import ValidatorState, forget_replaced, load_state, save_state
+from template.validator.train_round import TrainContext, sample_uids, train_round
+from template.validator.verify import TrainVerdict, VerifyThresholds
+
+logger = logging.getLogger(__name__)
+
+
+def state_path(cfg: Config) -> Path:
+    """``<workdir>/validator-<wallet>-<hotkey>.json`` (one file per validator hotkey)."""
+    name = f"validator-{cfg.wallet.name}-{cfg.wallet.hotkey}.json"
+    return Path(cfg.neuron.workdir).expanduser() / name
+
+
+def load_wallet(cfg: Config) -> bt.Wallet:
+    return bt.Wallet(name=cfg.wallet.name, hotkey=cfg.wallet.hotkey, path=cfg.wallet.path)
+
+
+class Validator:
+    """Long-lived parts of a validator (see the module docstring)."""
+
+    def __init__(self, cfg: Config, *, chain: Chain | None = None):
+        self.cfg = cfg
+        self.wallet = load_wallet(cfg)
+        self.chain = chain or build_chain(cfg)
+        self.uid = self.chain.uid_of(self.wallet.hotkey.ss58_address)
+        if self.uid is None:
+            raise ChainError(f"--wallet.name {cfg.wallet.name} --wallet.hotkey "
+                             f"{cfg.wallet.hotkey} is not registered on netuid {cfg.netuid}; "
+                             "register it first (scripts/create_wallets.py on the devnet)")
+        self.state_path = state_path(cfg)
+        self.state: ValidatorState = load_state(self.state_path)
+        self.rng = random.Random()  # unpredictable: miners must not guess the checked batches
+        device = resolve_device(cfg.neuron.device)
+        self.precision = resolve_precision(cfg.neuron.precision, device)
+        self.store = build_store(cfg.store)
+        self.source = build_page_source(cfg.data)
+        self.tokenizer = load_tokenizer()
+        self.reference = ReferenceModel(model_cfg=cfg.model, seed=cfg.neuron.seed,
+                                        store=self.store, device=device)
+        self.dht = start_dht(cfg.dht, run_id=cfg.neuron.run_id,
+                             initial_peers=cfg.neuron.initial_peers,
+                             identity_path=identity_path(cfg.wallet))
+        self.averager = SwarmAverager(dht=self.dht, run_id=cfg.neuron.run_id, cfg=cfg.averaging,
+                                      params=self.reference.model.parameters(), auxiliary=True)
+        self.telemetry = Telemetry(cfg, role="validator", name=f"validator-{self.uid}")
+        self.thresholds = VerifyThresholds(
+            min_cosine=cfg.validator.min_cosine, min_norm_ratio=cfg.validator.min_norm_ratio,
+            check_batches=cfg.validator.check_batches,
+            fingerprint_tolerance=cfg.validator.fingerprint_tolerance)
+        self.rate_limit = weights_mod.chain_rate_limit(self.chain)
+        self._next_train = 0.0
+        self._samples_seen, self._samples_changed = -1, time.monotonic()
+        self._dendrite: bt.Dendrite | None = None
+        logger.info("validator uid %d, state %s (last scored epoch %d), DHT %s", self.uid,
+                    self.state_path, self.state.last_epoch, self.dht.peer_id)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, *, max_steps: int | None = None) -> None:
+        """Loop until interrupted, ``--neuron.epochs`` epochs are scored, or ``max_steps``."""
+        asyncio.run(self._run(max_steps))
+
+    async def _run(self, max_steps: int | None) -> None:
+        external_ip = self.cfg.axon.external_ip or self.cfg.axon.ip
+        self._dendrite = build_dendrite(self.wallet, external_ip=external_ip)
+        try:
+            steps = 0
+            while max_steps is None or steps < max_steps:
+                await self.step()
+                steps += 1
+                if self.cfg.neuron.epochs and self.state.last_epoch + 1 >= self.cfg.neuron.epochs:
+                    logger.info("scored %d epochs (--neuron.epochs): stopping",
+                                self.state.last_epoch + 1)
+                    break
+                await asyncio.sleep(self.cfg.validator.poll_interval)
+        finally:
+            await self._dendrite.aclose_session()
+            self._dendrite = None
+
+    async def step(self) -> None:
+        """One pass of the loop (see the module docstring)."""
+        graph = self.chain.metagraph()
+        gone = forget_replaced(self.state, {n.uid: n.hotkey for n in graph.neurons})
+        if gone:
+            logger.info("forgot scores of replaced uids %s", gone)
+        swarm = await asyncio.get_running_loop().run_in_executor(None, self._read_swarm)
+        if swarm.peers:
+            self._collect(swarm.global_epoch)
+            record = self.state.current
+            assert record is not None
+            if self.reference.ensure(record.epoch):
+                await self._maybe_train_round(graph, record)
+                if not record.allreduce_done and self._ready(swarm):
+                    await self._allreduce(graph, swarm, record)
+        self.maybe_set_weights(graph)
+        self.save()
+
+    def _read_swarm(self) -> SwarmState:
+        return read_swarm_state(self.dht, run_id=self.cfg.neuron.run_id,
+                                target_batch_size=self.cfg.averaging.target_batch_size)
+
+    def _ready(self, swarm: SwarmState) -> bool:
+        if swarm.samples_accumulated != self._samples_seen:
+            self._samples_seen, self._samples_changed = swarm.samples_accumulated, time.monotonic()
+        return ready_for_round(swarm, min_peers=self.cfg.averaging.min_group_size,
+                               idle_seconds=time.monotonic() - self._samples_changed,
+                               patience=self.cfg.validator.round_patience)
+
+    # ------------------------------------------------------------------ epochs and scores
+
+    def _collect(self, epoch: int) -> None:
+        """Make ``state.current`` the record of ``epoch``, scoring the previous one first."""
+        current = self.state.current
+        if current is not None and current.epoch < epoch:
+            self.finish_epoch()
+        if self.state.current is None and epoch > self.state.last_epoch:
+            self.state.current = EpochRecord(epoch=epoch)
+
+    def finish_epoch(self) -> dict[int, float]:
+        """Score ``state.current`` into the moving average and close it (idempotent per epoch)."""
+        record = self.state.current
+        self.state.current = None
+        if record is None or record.epoch <= self.state.last_epoch:
+            return {}
+        scores = epoch_scores(record, tolerance=self.cfg.validator.fingerprint_tolerance)
+        self.state.ema = ema_update(self.state.ema, scores, alpha=self.cfg.validator.ema_alpha)
+        self.state.last_scores.update(scores)
+        graph_hotkeys = {n.uid: n.hotkey for n in self.chain.metagraph().neurons}
+        for uid in scores:
+            if uid in graph_hotkeys:
+                self.state.hotkeys[uid] = graph_hotkeys[uid]
+        self.state.last_epoch = record.epoch
+        self.save()
+        self.telemetry.log({"epoch": record.epoch,
+                            **{f"score/{u}": s for u, s in scores.items()},
+                            **{f"ema/{u}": s for u, s in self.state.ema.items()}})
+        logger.info("epoch %d scored: %s", record.epoch,
+                    {u: round(s, 3) for u, s in sorted(scores.items())})
+        return scores
+
+    def maybe_set_weights(self, graph: Any = None) -> bool:
+        """Set weights if the rate limit allows and someone has a positive average."""
+        block = self.chain.block()
+        if not weights_mod.weights_due(block=block, last_block=self.state.last_weights_block,
+                                       rate_limit=self.rate_limit):
+            return False
+        result = weights_mod.set_weights(chain=self.chain, wallet=self.wallet,
+                                         ema=self.state.ema, graph=graph or self.chain.metagraph())
+        if result.success:
+            self.state.last_weights_block = block
+            self.state.count("weights")
+            self.save()
+        elif result.retry_after_blocks:
+            self.state.last_weights_block = block - self.rate_limit + result.retry_after_blocks
+        return result.success
+
+    def save(self) -> None:
+        save_state(self.state, self.state_path)
+
+    # ------------------------------------------------------------------ rounds
+
+    def _context(self, epoch: int) -> TrainContext:
+        cfg = self.cfg
+        return TrainContext(
+            run_id=cfg.neuron.run_id, epoch=epoch, model=self.reference.model,
+            reference_fingerprint=self.reference.fingerprint,
+            sketch_seed=sketch_seed(cfg.neuron.run_id, epoch), tokenizer=self.tokenizer,
+            source=self.source, pages_per_epoch=cfg.data.pages_per_epoch,
+            seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
+            thresholds=self.thresholds, bindings=self.chain.peer_bindings(),
+            precision=self.precision)
+
+    async def verify(self, graph: Any, record: EpochRecord,
+                     uids: list[int]) -> dict[int, TrainVerdict]:
+        """A Train round on ``uids`` for ``record.epoch``; results go into the record."""
+        assert self._dendrite is not None
+        verdicts = await train_round(dendrite=self._dendrite, graph=graph, uids=uids,
+                                     ctx=self._context(record.epoch), rng=self.rng,
+                                     timeout=self.cfg.validator.query_timeout)
+        for uid, verdict in verdicts.items():
+            record.add_train(uid, gradient=verdict.gradient,
+                             verified_samples=verdict.verified_samples)
+        self.state.count("train")
+        losses = [v.recomputed_loss for v in verdicts.values() if v.recomputed_loss is not None]
+        self.telemetry.log({"epoch": record.epoch,
+                            **({"swarm/loss": sum(losses) / len(losses)} if losses else {}),
+                            **{f"gradient/{u}": v.gradient for u, v in verdicts.items()},
+                            **{f"verified/{u}": v.verified_samples for u, v in verdicts.items()}})
+        self.save()
+        return verdicts
+
+    async def _maybe_train_round(self, graph: Any, record: EpochRecord) -> None:
+        if time.monotonic() < self._next_train:
+            return
+        self._next_train = time.monotonic() + self.cfg.validator.train_interval
+        uids = sample_uids(graph, count=self.cfg.validator.sample_size, rng=self.rng,
+                           exclude=[self.uid] if self.uid is not None else [])
+        if uids:
+            await self.verify(graph, record, uids)
+
+    async def _allreduce(self, graph: Any, swarm: SwarmState,
+                         record: EpochRecord) -> AllReduceOutcome | None:
+        cfg = self.cfg
+        bindings = self.chain.peer_bindings()
+        serving = [n.uid for n in graph.neurons if n.is_serving and n.uid != self.uid]
+        uids = live_participants(swarm, bindings, serving)
+        if len(uids) < cfg.averaging.min_group_size:
+            return None
+        unverified = [u for u in uids if u not in record.train]
+        if unverified:  # proof of work before paying for the average
+            await self.verify(graph, record, unverified)
+        checkpoint: dict[str, Any] = {}
+
+        async def canonical() -> list[float] | None:
+            found = await wait_for_checkpoint(self.store, record.epoch + 1,
+                                              timeout=cfg.validator.checkpoint_timeout)
+            checkpoint["found"] = found
+            return None if found is None else list(found.manifest["fingerprint"])
+
+        assert self._dendrite is not None
+        outcome = await allreduce_round(
+            dendrite=self._dendrite, targets={u: graph.axon(u) for u in uids},
+            bindings=bindings, canonical=canonical, epoch=record.epoch,
+            average=functools.partial(self.averager.average, weight=0,
+                                      timeout=3 * cfg.averaging.matchmaking_time),
+            round_id=f"e{record.epoch}-{self.uid}-{int(time.time())}", run_id=cfg.neuron.run_id,
+            cfg=cfg.averaging, learning_rate=learning_rate(record.epoch, cfg.optim),
+            tolerance=cfg.validator.fingerprint_tolerance, retries=cfg.validator.allreduce_retries,
+            fingerprint_dims=len(self.reference.fingerprint) or None)
+        self.state.count("allreduce" if outcome.completed else "allreduce_failed")
+        record.add_allreduce(participants=list(outcome.participants),
+                             transfers=outcome.transfers, drift=outcome.drift,
+                             observed=outcome.observed,
+                             consensus_checked=outcome.consensus_checked)
+        logger.info("AllReduce epoch %d: completed %s, failed %s, reference %s",
+                    record.epoch, list(outcome.completed),
+                    {u: str(r) for u, r in outcome.failures.items()}, outcome.reference)
+        if outcome.completed:
+            found = checkpoint.get("found")
+            if found is not None and outcome.reference == "canonical":
+                self.reference.load(found)
+            self.finish_epoch()
+        return outcome
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        """Persist, then stop the averager before the DHT (hivemind needs that order)."""
+        self.save()
+        self.telemetry.close()
+        self.averager.shutdown()
+        self.dht.shutdown()
+        self.chain.close()
