@@ -41,9 +41,9 @@ P = ["QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
 TOL = 1e-4
 
 
-def _peer(peer_id, epoch, samples):
+def _peer(peer_id, epoch, samples, finished=False):
     return PeerProgress(peer_id=peer_id, hotkey="hk", epoch=epoch, samples=samples,
-                        tokens_per_second=1.0, age_seconds=0.0)
+                        tokens_per_second=1.0, age_seconds=0.0, finished=finished)
 
 
 def test_trigger_waits_for_the_target_batch_or_a_stalled_swarm():
@@ -55,6 +55,9 @@ def test_trigger_waits_for_the_target_batch_or_a_stalled_swarm():
                        peers=peers)
     assert not ready_for_round(short, min_peers=2, idle_seconds=10, patience=60)
     assert ready_for_round(short, min_peers=2, idle_seconds=61, patience=60)
+    done = SwarmState(global_epoch=3, target_batch_size=640, samples_accumulated=70,
+                      peers=[_peer(P[0], 3, 40, True), _peer(P[1], 3, 30, True)])
+    assert ready_for_round(done, min_peers=2, idle_seconds=0, patience=60)  # all finished
     # participants: bound, live at the global epoch, serving
     bindings = {0: P[0], 1: P[1], 2: P[2], 3: P[3]}
     assert live_participants(state, bindings, serving=[0, 1, 2, 3]) == [0, 1]

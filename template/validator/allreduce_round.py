@@ -61,15 +61,17 @@ def ready_for_round(state: SwarmState, *, min_peers: int, idle_seconds: float,
                     patience: float) -> bool:
     """Whether to start the round of ``state.global_epoch`` now.
 
-    Ready when the live peers at the global epoch accumulated the target batch size, or when at
-    least ``min_peers`` peers are there, some samples exist, and the total has not grown for
-    ``patience`` seconds (``idle_seconds``): the miners finished their pages and a swarm too
-    small for the target would otherwise wait forever.
+    Needs at least ``min_peers`` live peers at the global epoch. Then ready when they
+    accumulated the target batch size, or every one of them reports its epoch's work finished,
+    or some samples exist and the total has not grown for ``patience`` seconds
+    (``idle_seconds``): a swarm too small for the target would otherwise wait forever.
     """
     here = [p for p in state.peers if p.epoch == state.global_epoch]
     if len(here) < min_peers:
         return False
     if state.samples_accumulated >= state.target_batch_size:
+        return True
+    if state.samples_accumulated > 0 and all(p.finished for p in here):
         return True
     return state.samples_accumulated > 0 and idle_seconds >= patience
 
