@@ -141,12 +141,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only the side-by-side cost figures, over 5 batches")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     batches = make_batches(CHECKED + 1 + 16, seq_len=128, batch_size=8, seed=args.seed)
     checked, spare, train = batches[:CHECKED], batches[CHECKED:CHECKED + 1], batches[CHECKED + 1:]
     model = build_model(ModelConfig(preset="tiny"), seed=args.seed)
     seed = sketch_seed("measure", 0)
+    if args.timing_only:
+        timing(model, checked[:5], seed=seed)
+        return
     measure(model, checked, spare, seed=seed, label="at initialisation")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     torch.set_num_threads(2)
