@@ -35,25 +35,22 @@ import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES
-from hivemind.compression import (
-    CompressionBase,
-    Float16Compression,
-    NoCompression,
-    Uniform8BitQuantization,
-)
+from hivemind.compression import CompressionBase, Float16Compression, NoCompression
 from hivemind.dht import DHT
 from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
 
+from hivemind_utils import compat
 from hivemind_utils.round_stats import AveragingResult, RoundRecorder
 from template.config import AveragingConfig
 
 logger = logging.getLogger(__name__)
+compat.install()  # before any averager forks: every peer process decodes 8-bit parts correctly
 
 COMPRESSIONS: dict[str, type[CompressionBase]] = {
     "none": NoCompression,
     "fp16": Float16Compression,
-    "8bit": Uniform8BitQuantization,
+    "8bit": compat.SafeUniform8BitQuantization,
 }
 
 
@@ -204,8 +201,8 @@ class SwarmAverager(DecentralizedAverager):
             raise ValueError(f"weight must be > 0 for a contributing peer, got {weight}")
         started = time.perf_counter()
         try:
-            out = self.step(weight=None if self.is_auxiliary else float(weight),
-                            timeout=timeout, gather=gather, wait=True)
+            out = self._wait(self.step(weight=None if self.is_auxiliary else float(weight),
+                                       timeout=timeout, gather=gather, wait=False), timeout)
         except RoundFailed as err:
             base = err.result or AveragingResult(ok=False)
             result = dataclasses.replace(base, ok=False, error=err.message)
@@ -217,6 +214,21 @@ class SwarmAverager(DecentralizedAverager):
             result = out if isinstance(out, AveragingResult) else AveragingResult(
                 ok=False, error=f"unexpected step result {type(out).__name__}")
         return dataclasses.replace(result, seconds=time.perf_counter() - started)
+
+    def _wait(self, control: Any, timeout: float | None) -> Any:
+        """The step's result, bounded: matchmaking + all-reduce + grace; a dead averaging
+        process (OOM killer, crash) ends the wait instead of hanging the caller forever."""
+        limit = (timeout if timeout is not None else self.cfg.matchmaking_time * 4)
+        deadline = time.monotonic() + limit + self.cfg.allreduce_timeout + 10.0
+        while True:
+            try:
+                return control.result(timeout=1.0)
+            except TimeoutError:
+                if not self.is_alive():
+                    raise RuntimeError("the averaging process died during the round") from None
+                if time.monotonic() > deadline:
+                    control.cancel()
+                    raise TimeoutError("averaging round exceeded its time budget") from None
 
     # ------------------------------------------------------------------ hivemind seams (child)
 
