@@ -343,9 +343,10 @@ class ValidatorConfig:
     checkpoint_timeout: float = 120.0
     """Seconds to wait for the canonical checkpoint `epoch-(e+1)` after a round; raise it if
     logs say "no canonical checkpoint" on a slow store."""
-    fingerprint_tolerance: float = 1e-4
-    """Largest post-step fingerprint distance from the reference that counts as consensus
-    (measured honest spread and margin: docs/validator.md)."""
+    fingerprint_tolerance: float = 0.0
+    """Largest fingerprint distance from the reference that counts as the same model; 0 picks
+    it from `--averaging.compression` (none 1e-5, fp16 3e-3, 8bit 4e-2: measured honest spread
+    with margin, docs/validator.md). Raise it if honest miners fail with "fingerprint distance"."""
 
     def __post_init__(self) -> None:
         _check(self.sample_size >= 1, "--validator.sample_size", "must be >= 1")
@@ -359,8 +360,8 @@ class ValidatorConfig:
         _check(self.round_patience >= 0, "--validator.round_patience", "must be >= 0")
         _check(self.allreduce_retries >= 0, "--validator.allreduce_retries", "must be >= 0")
         _check(self.checkpoint_timeout > 0, "--validator.checkpoint_timeout", "must be > 0")
-        _check(self.fingerprint_tolerance > 0, "--validator.fingerprint_tolerance",
-               "must be > 0")
+        _check(self.fingerprint_tolerance >= 0, "--validator.fingerprint_tolerance",
+               "must be >= 0 (0 = by --averaging.compression)")
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,10 @@ from template.model import fingerprint
 from template.protocol import AllReduce, Reason
 from template.transport import MetagraphCache, build_axon, build_dendrite, free_port, start_axon
 from template.validator.allreduce_round import (
+    HONEST_SPREAD,
     allreduce_round,
     choose_reference,
+    consensus_tolerance,
     judge_round,
     live_participants,
     ready_for_round,
@@ -74,6 +76,14 @@ def test_reference_is_the_canonical_unless_the_majority_disagrees():
     assert choose_reference(bad, {0: good, 1: good}, tolerance=TOL)[1] == "canonical"  # no quorum
     assert choose_reference(None, {0: good, 1: good}, tolerance=TOL) == (None, "none")
     assert choose_reference(None, {0: good, 1: good, 2: near}, tolerance=TOL)[1] == "median"
+
+
+def test_tolerance_clears_the_measured_honest_spread_with_margin():
+    for compression, spread in HONEST_SPREAD.items():
+        assert consensus_tolerance(compression) >= 5 * spread
+    assert consensus_tolerance("fp16", 0.5) == 0.5
+    with pytest.raises(ValueError, match="fingerprint_tolerance"):
+        consensus_tolerance("zstd")
 
 
 def _reply(uid, *, rid="r1", fp=(1.0, 2.0, 3.0), success=True, peer=None):

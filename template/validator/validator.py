@@ -46,6 +46,7 @@ from template.validator import weights as weights_mod
 from template.validator.allreduce_round import (
     AllReduceOutcome,
     allreduce_round,
+    consensus_tolerance,
     live_participants,
     ready_for_round,
 )
@@ -97,10 +98,11 @@ class Validator:
         self.averager = SwarmAverager(dht=self.dht, run_id=cfg.neuron.run_id, cfg=cfg.averaging,
                                       params=self.reference.model.parameters(), auxiliary=True)
         self.telemetry = Telemetry(cfg, role="validator", name=f"validator-{self.uid}")
+        self.tolerance = consensus_tolerance(cfg.averaging.compression,
+                                             cfg.validator.fingerprint_tolerance)
         self.thresholds = VerifyThresholds(
             min_cosine=cfg.validator.min_cosine, min_norm_ratio=cfg.validator.min_norm_ratio,
-            check_batches=cfg.validator.check_batches,
-            fingerprint_tolerance=cfg.validator.fingerprint_tolerance)
+            check_batches=cfg.validator.check_batches, fingerprint_tolerance=self.tolerance)
         self.rate_limit = weights_mod.chain_rate_limit(self.chain)
         self._next_train = 0.0
         self._samples_seen, self._samples_changed = -1, time.monotonic()
@@ -176,7 +178,7 @@ class Validator:
         self.state.current = None
         if record is None or record.epoch <= self.state.last_epoch:
             return {}
-        scores = epoch_scores(record, tolerance=self.cfg.validator.fingerprint_tolerance)
+        scores = epoch_scores(record, tolerance=self.tolerance)
         self.state.ema = ema_update(self.state.ema, scores, alpha=self.cfg.validator.ema_alpha)
         self.state.last_scores.update(scores)
         graph_hotkeys = {n.uid: n.hotkey for n in self.chain.metagraph().neurons}
@@ -279,7 +281,7 @@ class Validator:
                                       timeout=3 * cfg.averaging.matchmaking_time),
             round_id=f"e{record.epoch}-{self.uid}-{int(time.time())}", run_id=cfg.neuron.run_id,
             cfg=cfg.averaging, learning_rate=learning_rate(record.epoch, cfg.optim),
-            tolerance=cfg.validator.fingerprint_tolerance, retries=cfg.validator.allreduce_retries,
+            tolerance=self.tolerance, retries=cfg.validator.allreduce_retries,
             fingerprint_dims=len(self.reference.fingerprint) or None)
         self.state.count("allreduce" if outcome.completed else "allreduce_failed")
         record.add_allreduce(participants=list(outcome.participants),
