@@ -17,7 +17,7 @@ from template.config import Config, ConfigError
 from template.data import build_page_source, load_tokenizer
 from template.device import resolve_device, resolve_precision
 from template.miner.handlers import MinerHandlers
-from template.miner.miner import Miner
+from template.miner.miner import RECORD_EXPIRATION, Miner
 from template.model import build_model
 from template.proof import sketch_seed
 from template.protocol import AllReduce, IsAlive, Train
@@ -57,7 +57,8 @@ def build_miner(cfg: Config) -> Miner:
         cfg=cfg, uid=uid, peer_id=peer_id, model=model,
         optimizer=build_optimizer(model, cfg.optim), tokenizer=load_tokenizer(),
         source=build_page_source(cfg.data), store=build_store(cfg.store), averager=averager,
-        reporter=ProgressReporter(dht=dht, hotkey=wallet.hotkey.ss58_address),
+        reporter=ProgressReporter(dht=dht, hotkey=wallet.hotkey.ss58_address,
+                                  expiration=RECORD_EXPIRATION),
         read_state=functools.partial(read_swarm_state, dht, run_id=cfg.neuron.run_id,
                                      target_batch_size=cfg.averaging.target_batch_size),
         device=device, precision=precision,

@@ -33,7 +33,8 @@ from template.training import accumulate, apply_gradients, learning_rate, mean_g
 
 logger = logging.getLogger(__name__)
 
-REPORT_INTERVAL = 2.0  # seconds between progress records while training
+REPORT_INTERVAL = 2.0  # seconds between progress records (training or waiting)
+RECORD_EXPIRATION = 15.0  # a miner silent this long no longer counts as a live peer
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Miner:
     stop: threading.Event = field(default_factory=threading.Event)
     epoch: int = 0
     closers: list[Any] = field(default_factory=list)
+    _last_report: tuple[float, float] = (0.0, 0.0)
 
     # ------------------------------------------------------------------ the loop
 
@@ -120,6 +122,7 @@ class Miner:
         return wait_for_round(
             desk=self.desk, epoch=epoch, min_peers=avg.min_group_size, poll_interval=0.5,
             read_state=self.swarm_state, self_trigger=avg.trigger == "swarm",
+            heartbeat=lambda: self._heartbeat(epoch),
             timeout=avg.round_wait, stop=self.stop,
         )
 
@@ -225,6 +228,14 @@ class Miner:
         work = self.ledger.get(epoch)
         self.reporter.report(epoch=epoch, samples=work.samples if work else 0,
                              tokens_per_second=tokens_per_second, finished=finished)
+        self._last_report = (time.monotonic(), tokens_per_second)
+
+    def _heartbeat(self, epoch: int) -> None:
+        """Refresh the progress record while waiting, so it does not expire."""
+        stamp, tokens_per_second = self._last_report
+        if time.monotonic() - stamp > REPORT_INTERVAL:
+            work = self.ledger.get(epoch)
+            self._report(epoch, tokens_per_second, finished=bool(work and work.finished))
 
     def _maybe_push(self, result: AveragingResult) -> None:
         members = [p for p in result.participants if p not in result.auxiliaries]

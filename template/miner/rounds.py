@@ -88,6 +88,7 @@ def wait_for_round(
     desk: RoundDesk,
     epoch: int,
     read_state: Callable[[], SwarmState],
+    heartbeat: Callable[[], None],
     self_trigger: bool,
     min_peers: int,
     poll_interval: float,
@@ -99,7 +100,8 @@ def wait_for_round(
 
     Requests at the desk (validator trigger) are always honoured; with `self_trigger` the
     miner also starts rounds itself when :func:`swarm_ready`. Requests for another epoch are
-    answered at once with a failure naming both epochs.
+    answered at once with a failure naming both epochs. `heartbeat` is called every poll
+    (it keeps this miner's progress record alive while it waits).
     """
     deadline = time.monotonic() + timeout
     while not stop.is_set() and time.monotonic() < deadline:
@@ -110,6 +112,7 @@ def wait_for_round(
             request.done.set_result(RoundReport(
                 success=False, error=f"wrong epoch: miner is at {epoch}, asked {request.epoch}"))
             continue
+        heartbeat()
         state = read_state()
         if state.global_epoch > epoch:
             return None

@@ -1,0 +1,186 @@
+"""Miner processes train one model together on 127.0.0.1 (no validator: swarm trigger).
+
+Every test starts real `neurons/miner.py` processes through the same code as the demo launcher
+and stops each by its process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hivemind_utils.dht import start_dht, visible_maddrs
+from hivemind_utils.swarm_state import read_swarm_state
+from template.checkpoints import LocalStore
+from template.config import DHTConfig, ModelConfig, OptimConfig
+from template.data import assign_pages, epoch_batches, load_tokenizer, local_source
+from template.localnet import RUN_ID, LocalNet, epochs_done, parse_args
+from template.model import (
+    FINGERPRINT_TOLERANCE,
+    build_model,
+    fingerprint,
+    fingerprint_distance,
+    load_state_into,
+)
+from template.training import (
+    accumulate,
+    apply_gradients,
+    build_optimizer,
+    learning_rate,
+    mean_gradient,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--demo_pages", "200", "--seq_len", "64", "--batch_size", "4",
+         "--pages_per_epoch", "2", "--matchmaking_time", "4"]
+LR = 3e-3
+
+
+def _run_launcher(tmp_path: Path, *extra: str) -> dict:
+    summary = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "local_swarm.py"), "--workdir", str(tmp_path),
+         "--summary", str(summary), *SMALL, *extra],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(summary.read_text())
+
+
+def _reference_step(store: LocalStore, epoch: int, uids: list[int], *, pages_per_epoch: int,
+                    seq_len: int, batch_size: int, shards: Path) -> list[float]:
+    """theta_{epoch+1} from theta_epoch: AdamW on the sample-weighted mean of miners' grads."""
+    model = build_model(ModelConfig(preset="tiny"), seed=0)
+    optim_cfg = OptimConfig(lr=LR, warmup_epochs=1)
+    optimizer = build_optimizer(model, optim_cfg)
+    if epoch > 0:
+        ckpt = store.pull(epoch)
+        load_state_into(model, ckpt.state_dict)
+        optimizer.load_state_dict(ckpt.optimizer_state)
+    source, tokenizer = local_source(shards), load_tokenizer()
+    total = [torch.zeros_like(p) for p in model.parameters()]
+    weight_sum = 0
+    for uid in uids:
+        pages = assign_pages(run_id=RUN_ID, epoch=epoch, miner=uid,
+                             pages_per_miner=pages_per_epoch, dataset_size=source.num_pages)
+        batches = epoch_batches(source.pages(pages), tokenizer, seq_len=seq_len,
+                                batch_size=batch_size)
+        model.zero_grad(set_to_none=True)
+        for batch in batches:
+            accumulate(model, batch)
+        mean_gradient(model, len(batches))
+        samples = len(batches) * batch_size
+        for acc, p in zip(total, model.parameters(), strict=True):
+            acc.add_(p.grad, alpha=samples)
+        weight_sum += samples
+    for acc, p in zip(total, model.parameters(), strict=True):
+        p.grad = acc / weight_sum
+    outcome = apply_gradients(model, optimizer, lr=learning_rate(epoch, optim_cfg),
+                              max_grad_norm=optim_cfg.max_grad_norm)
+    assert outcome.applied
+    return fingerprint(model)
+
+
+def test_three_miners_agree_and_match_the_reference_step(tmp_path):
+    summary = _run_launcher(tmp_path, "--miners", "3", "--validators", "0", "--epochs", "3")
+    assert summary["ok"]
+    store = LocalStore(tmp_path / "checkpoints")
+    uids = sorted(int(u) for u in summary["roles"])
+    for entry in summary["epochs"]:
+        assert entry["participants"] == uids and entry["failed"] == []
+        assert entry["checkpoint_tag"] == f"epoch-{entry['epoch']}"
+        canonical = entry["canonical_fingerprint"]
+        for uid, fp in entry["fingerprints"].items():
+            assert fingerprint_distance(fp, canonical) < FINGERPRINT_TOLERANCE, uid
+        reference = _reference_step(store, entry["epoch"] - 1, uids, pages_per_epoch=2,
+                                    seq_len=64, batch_size=4, shards=tmp_path / "shards")
+        assert fingerprint_distance(reference, canonical) < FINGERPRINT_TOLERANCE
+    assert summary["epochs"][-1]["loss"] < summary["epochs"][0]["loss"]
+
+
+def test_skipped_step_is_outside_the_tolerance(tmp_path):
+    """Weights that missed one step are far from the canonical ones (so they would fail)."""
+    summary = _run_launcher(tmp_path, "--miners", "2", "--validators", "0", "--epochs", "2")
+    store = LocalStore(tmp_path / "checkpoints")
+    stale = store.pull(1).manifest["fingerprint"]
+    canonical = summary["epochs"][1]["canonical_fingerprint"]
+    assert fingerprint_distance(stale, canonical) > 10 * FINGERPRINT_TOLERANCE
+
+
+@pytest.fixture
+def localnet(tmp_path):
+    args = parse_args(["--workdir", str(tmp_path), "--validators", "0", "--epochs", "4",
+                       "--miners", "3", *SMALL])
+    net = LocalNet.prepare(args)
+    dht = start_dht(DHTConfig(), run_id=RUN_ID)
+    yield net, dht, visible_maddrs(dht)
+    net.stop_all()
+    dht.shutdown()
+    net.chain.close()
+
+
+def _wait(predicate, *, timeout: float, what: str, net: LocalNet) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        crashed = net.crashed()
+        assert crashed is None, f"{crashed.name} crashed:\n{crashed.tail()}"
+        time.sleep(0.5)
+    tails = "\n".join(f"--- {c.name}\n{c.tail(20)}" for c in net.children)
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def _last_fingerprints(net: LocalNet, epoch: int) -> dict[str, list[float]]:
+    out = {}
+    for name in net.miners:
+        path = net.workdir / "miners" / name / "epochs.jsonl"
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row["epoch"] == epoch:
+                out[name] = row["fingerprint"]
+    return out
+
+
+def test_late_joiner_catches_up_and_agrees(localnet):
+    net, dht, peers = localnet
+    for name in net.miners[:2]:
+        net.start_miner(name, peers)
+    miners = lambda: [epochs_done(net.workdir / "miners" / m) for m in net.miners]  # noqa: E731
+    _wait(lambda: min(miners()[:2]) >= 2, timeout=300, what="two epochs", net=net)
+    net.start_miner(net.miners[2], peers)
+    _wait(lambda: min(miners()) >= 4, timeout=300, what="all miners at epoch 4", net=net)
+    fps = _last_fingerprints(net, 4)
+    assert len(fps) == 3
+    ref = fps[net.miners[0]]
+    assert all(fingerprint_distance(fp, ref) < FINGERPRINT_TOLERANCE for fp in fps.values())
+    late_log = (net.workdir / "logs" / "miner3.out").read_text()
+    assert "loaded checkpoint epoch-" in late_log
+
+
+def test_killed_miner_does_not_stall_the_others(localnet):
+    net, dht, peers = localnet
+    children = {name: net.start_miner(name, peers) for name in net.miners}
+    victim = children[net.miners[2]]
+
+    def round_starting() -> bool:
+        state = read_swarm_state(dht, run_id=RUN_ID, target_batch_size=10**6)
+        here = [p for p in state.peers if p.epoch == 1]
+        return len(here) == 3 and all(p.finished for p in here)
+
+    _wait(round_starting, timeout=300, what="epoch 1 round", net=net)
+    os.killpg(victim.proc.pid, signal.SIGKILL)  # the group we started for this miner
+    victim.proc.wait()
+    net.children.remove(victim)
+    survivors = lambda: [epochs_done(net.workdir / "miners" / m) for m in net.miners[:2]]  # noqa: E731
+    _wait(lambda: min(survivors()) >= 4, timeout=300, what="survivors at epoch 4", net=net)
+    fps = _last_fingerprints(net, 4)
+    a, b = fps[net.miners[0]], fps[net.miners[1]]
+    assert fingerprint_distance(a, b) < FINGERPRINT_TOLERANCE
