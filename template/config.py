@@ -345,7 +345,7 @@ class ValidatorConfig:
     logs say "no canonical checkpoint" on a slow store."""
     fingerprint_tolerance: float = 0.0
     """Largest fingerprint distance from the reference that counts as the same model; 0 picks
-    it from `--averaging.compression` (none 1e-5, fp16 3e-3, 8bit 4e-2: measured honest spread
+    it from `--averaging.compression` (none 1e-5, fp16 3e-3, 8bit 5e-2: measured honest spread
     with margin, docs/validator.md). Raise it if honest miners fail with "fingerprint distance"."""
 
     def __post_init__(self) -> None:
