@@ -48,6 +48,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, object]:
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse(argv)
     log = setup_logging(cfg.logging, name="train_local")
+    import transformers  # its per-push "Writing model shards" bar would break ours
+
+    transformers.utils.logging.disable_progress_bar()
     prepare_local_shards(cfg.data)
     trainer = LocalTrainer(cfg, grad_accum=args.grad_accum, max_pages=args.max_pages)
     start = trainer.resume() if args.resume else None

@@ -49,16 +49,17 @@ def test_loss_falls_and_wandb_writes_offline(shards, tmp_path):
     trainer = LocalTrainer(cfg, max_pages=3, tokenizer=load_tokenizer())
     telemetry = Telemetry(cfg, role="local", name="test-local")
     try:
-        history = run(trainer, steps=30, log_every=5, telemetry=telemetry, progress=False)
+        history = run(trainer, steps=20, log_every=5, telemetry=telemetry, progress=False)
     finally:
         telemetry.close()
     losses = [s.loss for s in history]
-    assert [s.step for s in history] == list(range(1, 31))
+    assert [s.step for s in history] == list(range(1, 21))
     assert all(s.applied for s in history)
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < first - 1.5, f"loss did not fall: first 10 {first:.3f}, last 10 {last:.3f}"
+    # Measured: first 5 ~9.7, last 5 ~4.4 (from ln(50257) = 10.8 at the seeded init).
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 2.0, f"loss did not fall: first 5 {first:.3f}, last 5 {last:.3f}"
     assert trainer.batcher.state_dict()["passes"] >= 2  # the walk wrapped around
-    assert trainer.store.tags() == ["epoch-30"]  # pushed once, at the end
+    assert trainer.store.tags() == ["epoch-20"]  # pushed once, at the end
     runs = list((tmp_path / "logs").rglob("*.wandb"))
     assert runs and b"loss" in runs[0].read_bytes()
 
