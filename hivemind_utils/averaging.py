@@ -91,6 +91,8 @@ class SwarmAverager(DecentralizedAverager):
     :param cfg: group and timeout settings (``--averaging.*``); see ``docs/swarm.md`` for tuning.
     :param auxiliary: join rounds with weight 0 and reduce a shard without contributing tensors
       (the validator). Needs the same shapes as the miners (meta-device params are enough).
+    :param compression: overrides ``cfg.compression`` (a hivemind ``CompressionBase``; the
+      red-team slow-link mode passes a throttled one).
     :param bandwidth: declared download bandwidth; a larger value asks for a larger shard. None
       lets hivemind split evenly. Self-reported by every peer: not evidence of anything.
     :param part_size_bytes: size of one streamed part; smaller parts react faster to failures,
@@ -112,6 +114,7 @@ class SwarmAverager(DecentralizedAverager):
         params: Iterable[torch.Tensor] | None = None,
         tensors: Sequence[torch.Tensor] | None = None,
         auxiliary: bool = False,
+        compression: CompressionBase | None = None,
         bandwidth: float | None = None,
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
         shutdown_timeout: float = 5.0,
@@ -132,7 +135,8 @@ class SwarmAverager(DecentralizedAverager):
             target_group_size=cfg.target_group_size, min_group_size=cfg.min_group_size,
             min_matchmaking_time=cfg.matchmaking_time, request_timeout=cfg.request_timeout,
             allreduce_timeout=cfg.allreduce_timeout, next_chunk_timeout=cfg.next_chunk_timeout,
-            compression=make_compression(cfg.compression), part_size_bytes=part_size_bytes,
+            compression=compression or make_compression(cfg.compression),
+            part_size_bytes=part_size_bytes,
             bandwidth=bandwidth, auxiliary=auxiliary, shutdown_timeout=shutdown_timeout,
             allow_state_sharing=False,
         )

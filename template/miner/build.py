@@ -16,6 +16,7 @@ from template.checkpoints import build_store
 from template.config import Config, ConfigError
 from template.data import build_page_source, load_tokenizer
 from template.device import resolve_device, resolve_precision
+from template.miner.adversary import make_adversary
 from template.miner.handlers import MinerHandlers
 from template.miner.miner import RECORD_EXPIRATION, Miner
 from template.model import build_model
@@ -50,11 +51,13 @@ def build_miner(cfg: Config) -> Miner:
     device = resolve_device(cfg.neuron.device)
     precision = resolve_precision(cfg.neuron.precision, device)
     model = build_model(cfg.model, seed=cfg.neuron.seed).to(device)
+    adversary = make_adversary(cfg.neuron.adversary)
     averager = SwarmAverager(dht=dht, run_id=cfg.neuron.run_id, cfg=cfg.averaging,
-                             params=model.parameters())
+                             params=model.parameters(), compression=adversary.compression())
     closers.append(averager.shutdown)  # closed in reverse: the averager stops before the DHT
     miner = Miner(
-        cfg=cfg, uid=uid, peer_id=peer_id, model=model,
+        cfg=cfg, uid=uid, peer_id=peer_id, wallet=wallet, chain=chain, model=model,
+        adversary=adversary,
         optimizer=build_optimizer(model, cfg.optim), tokenizer=load_tokenizer(),
         source=build_page_source(cfg.data), store=build_store(cfg.store), averager=averager,
         reporter=ProgressReporter(dht=dht, hotkey=wallet.hotkey.ss58_address,
@@ -76,6 +79,7 @@ def _serve(miner: Miner, cfg: Config, wallet: bt.Wallet, chain, *, dht_peer: str
         sketch_seed=functools.partial(sketch_seed, cfg.neuron.run_id),
         current_epoch=lambda: miner.epoch,
         round_timeout=avg.round_wait + avg.matchmaking_time + avg.allreduce_timeout,
+        override_train=functools.partial(miner.adversary.answer_train, miner),
     )
     axon = build_axon(
         wallet=wallet, graph=MetagraphCache(chain).get, ip=cfg.axon.ip, port=cfg.axon.port,

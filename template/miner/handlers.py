@@ -57,16 +57,24 @@ class MinerHandlers:
     :param round_timeout: seconds an AllReduce request waits for the training loop to finish the
       round; the validator's Dendrite timeout must be longer. Raise it with
       `--averaging.matchmaking_time` and `--averaging.allreduce_timeout`.
+    :param override_train: answers `Train` instead of the ledger when it returns a synapse
+      (the red-team `copycat` mode; None for honest miners).
     """
 
     def __init__(self, *, ledger: WorkLedger, desk: RoundDesk, peer_id: str,
                  sketch_seed: Callable[[int], int], current_epoch: Callable[[], int],
-                 round_timeout: float):
+                 round_timeout: float,
+                 override_train: Callable[[Train], Train | None] | None = None):
+        self.override_train = override_train
         self.ledger, self.desk, self.peer_id = ledger, desk, peer_id
         self.sketch_seed, self.current_epoch = sketch_seed, current_epoch
         self.round_timeout = round_timeout
 
     def train(self, synapse: Train) -> Train:
+        if self.override_train is not None:
+            answer = self.override_train(synapse)
+            if answer is not None:
+                return answer
         return answer_train(synapse, self.ledger.get(synapse.epoch), peer_id=self.peer_id,
                             sketch_seed=self.sketch_seed(synapse.epoch))
 

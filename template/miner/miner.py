@@ -24,6 +24,7 @@ from template.consensus import checkpoint_pusher, needs_resync
 from template.data import assign_pages, epoch_batches
 from template.data.sources import PageSource
 from template.device import autocast
+from template.miner.adversary import Adversary
 from template.miner.ledger import WorkLedger
 from template.miner.rounds import RoundDesk, RoundReport, RoundRequest, wait_for_round
 from template.model import FINGERPRINT_TOLERANCE, fingerprint, fingerprint_distance, load_state_into
@@ -47,6 +48,8 @@ class Miner:
     cfg: Config
     uid: int
     peer_id: str
+    wallet: Any
+    chain: Any
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     tokenizer: Any
@@ -58,6 +61,7 @@ class Miner:
     device: torch.device
     precision: str
     telemetry: Telemetry
+    adversary: Adversary = field(default_factory=Adversary)
     desk: RoundDesk = field(default_factory=RoundDesk)
     ledger: WorkLedger = field(default_factory=WorkLedger)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -79,6 +83,10 @@ class Miner:
             if request is None:
                 self.catch_up()
                 continue
+            if not self.adversary.joins_rounds:
+                request.done.set_result(RoundReport(success=False, error="not joining"))
+                self.catch_up()
+                continue
             report = self.average_and_step(epoch, request)
             request.done.set_result(report)
             if report.success:
@@ -93,8 +101,22 @@ class Miner:
         batches = epoch_batches(self.source.pages(pages), self.tokenizer, seq_len=data.seq_len,
                                 batch_size=data.batch_size)
         self.ledger.begin(epoch, pages=pages, fingerprint=fingerprint(self.model))
-        recorder = SketchRecorder(seed=sketch_seed(self.cfg.neuron.run_id, epoch))
         self.model.zero_grad(set_to_none=True)
+        started = time.perf_counter()
+        trained = self.adversary.fake_epoch(self, epoch, batches)
+        if trained is None:
+            trained = self.train_batches(epoch, batches)
+        mean_gradient(self.model, trained)
+        self.ledger.finish(epoch)
+        work = self.ledger.get(epoch)
+        self._report(epoch, work.tokens / max(time.perf_counter() - started, 1e-9), finished=True)
+        logger.info("epoch %d: %d/%d batches, loss %.4f, %d samples", epoch, trained,
+                    len(batches), work.mean_loss, work.samples)
+        self.telemetry.log({"loss": work.mean_loss, "samples": work.samples}, step=epoch)
+
+    def train_batches(self, epoch: int, batches: list[torch.Tensor]) -> int:
+        """Forward/backward each batch, one sketch each; stops early when a round is due."""
+        recorder = SketchRecorder(seed=sketch_seed(self.cfg.neuron.run_id, epoch))
         started, last_report, tokens, done = time.perf_counter(), 0.0, 0, 0
         for batch in batches:
             if self.stop.is_set() or self.desk.pending():
@@ -109,13 +131,7 @@ class Miner:
                 last_report = time.perf_counter()
                 if self._swarm_target_reached(epoch):
                     break
-        mean_gradient(self.model, done)
-        self.ledger.finish(epoch)
-        work = self.ledger.get(epoch)
-        self._report(epoch, tokens / max(time.perf_counter() - started, 1e-9), finished=True)
-        logger.info("epoch %d: %d/%d batches, loss %.4f, %d samples", epoch, done, len(batches),
-                    work.mean_loss, work.samples)
-        self.telemetry.log({"loss": work.mean_loss, "samples": work.samples}, step=epoch)
+        return done
 
     def wait_for_round(self, epoch: int) -> RoundRequest | None:
         avg = self.cfg.averaging
