@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         net.stop_all()
         dht.shutdown()
     summary = build_summary(workdir=net.workdir, chain=net.chain, uids=net.uids,
-                            miners=net.miners, cheaters=net.cheaters, epochs=args.epochs, ok=ok)
+                            miners=net.miners, cheaters=net.cheaters, epochs=args.epochs, ok=ok,
+                            compression=args.compression)
     net.chain.close()
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=1))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+from template.model import FINGERPRINT_TOLERANCE
+
 
 def checkpoint_pusher(run_id: str, epoch: int, participants: Iterable[str]) -> str | None:
     """The participant that pushes the checkpoint of `epoch` (the weights after its step).
@@ -37,3 +39,24 @@ def needs_resync(
     if drift is not None and drift > drift_threshold:
         return True
     return resync_every > 0 and epoch > 0 and epoch % resync_every == 0
+
+
+HONEST_SPREAD = {"none": 3.75e-7, "fp16": 5.56e-4, "8bit": 8.22e-3}
+"""Largest pairwise post-step fingerprint distance between honest peers after one real round
+and AdamW step (tiny preset, 3 peers at 1 and 2 threads; ``scripts/measure_validator.py``).
+The first AdamW step is the worst case: its update is about ``lr * sign(g)``, so compression
+noise that flips the sign of tiny averaged gradient entries moves those weights by ``2 lr``."""
+CONSENSUS_TOLERANCE = {"none": FINGERPRINT_TOLERANCE, "fp16": 3e-3, "8bit": 5e-2}
+"""Default ``--validator.fingerprint_tolerance`` per ``--averaging.compression``: about 5x the
+measured honest spread (266x without compression). One extra AdamW step at twice the learning
+rate measured 1.2e-2: caught with none and fp16, NOT distinguishable with 8bit at epoch 0."""
+
+
+def consensus_tolerance(compression: str, configured: float = 0.0) -> float:
+    """``configured`` when set (> 0), else the default for the averaging compression."""
+    if configured > 0:
+        return configured
+    if compression not in CONSENSUS_TOLERANCE:
+        raise ValueError(f"--averaging.compression {compression!r} has no measured tolerance; "
+                         "set --validator.fingerprint_tolerance")
+    return CONSENSUS_TOLERANCE[compression]

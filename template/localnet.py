@@ -105,6 +105,7 @@ class LocalNet:
             "--optim.lr", str(a.lr), "--optim.warmup_epochs", "1",
             "--averaging.target_batch_size", str(a.target_batch_size),
             "--averaging.matchmaking_time", str(a.matchmaking_time),
+            "--averaging.compression", a.compression,
             "--averaging.trigger", "validator" if a.validators else "swarm",
             "--wandb.mode", "offline",
         ]
@@ -162,6 +163,8 @@ def parse_args(argv: list[str] | None = None, *, description: str = "") -> argpa
     p.add_argument("--target_batch_size", type=int, default=10**6,
                    help="samples per round; the default leaves it to 'every miner done'")
     p.add_argument("--matchmaking_time", type=float, default=5.0)
+    p.add_argument("--compression", default="none", choices=("none", "fp16", "8bit"),
+                   help="--averaging.compression of every peer")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--block_time", type=float, default=0.5)
     p.add_argument("--weights_rate_limit", type=int, default=2)

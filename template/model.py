@@ -242,15 +242,16 @@ FINGERPRINT_DIMS = 32
 """Numbers in a fingerprint. Distances are estimated to about 1/sqrt(32) ~ 18% relative, plenty
 to tell 1e-7 noise from a 5e-3 real difference; more dims cost proportionally more time."""
 FINGERPRINT_TOLERANCE = 1e-4
-"""Largest :func:`fingerprint_distance` at which two peers count as holding the same model.
+"""Largest :func:`fingerprint_distance` at which two peers count as holding the same model,
+for uncompressed averaging (:func:`template.consensus.consensus_tolerance` gives the value for
+each ``--averaging.compression``).
 
-PROVISIONAL. Honest peers differ after an all-reduce because each applies ``local + delta``
-(ulp-level apart in fp32, the compression error of the delta with fp16/8-bit, see NOTES), and
-the optimizer step carries that into the weights. Measured in ``tests/test_model.py``: 1e-7
-relative noise on every weight gives ~1e-7; one extra AdamW step at lr 1e-4 on GPT-2-scaled
-weights gives ~5e-3 (50x this tolerance). The swarm's measured drift (fp16/8-bit compression
-over many epochs) should replace this value; if honest peers fall out of consensus, raise it
-and check that the extra-step test still clears it by 10x.
+Honest peers differ after an all-reduce because each applies ``local + delta`` (ulp-level apart
+in fp32, see NOTES), and the optimizer step carries that into the weights. Measured: 1e-7
+relative noise on every weight gives ~1e-7 (``tests/test_model.py``); honest miners after a
+real round and AdamW step 3.75e-7 (``scripts/measure_validator.py``), over swarm runs ~2e-7
+(``tests/test_swarm.py``); one extra AdamW step at lr 1e-4 ~1e-3 and a step at twice the
+rate ~1e-2, far outside.
 """
 _TINY = 1e-30
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from template.chain.local import LocalChain
 from template.checkpoints import CheckpointError, LocalStore, tag_for
-from template.model import FINGERPRINT_TOLERANCE
+from template.consensus import consensus_tolerance
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -24,7 +24,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], miners: list[str],
-                  cheaters: dict[str, str], epochs: int, ok: bool) -> dict[str, Any]:
+                  cheaters: dict[str, str], epochs: int, ok: bool,
+                  compression: str = "none") -> dict[str, Any]:
     """The `--summary` JSON object (see docs/local-devnet.md for every key)."""
     store = LocalStore(workdir / "checkpoints")
     bindings = chain.peer_bindings()
@@ -45,7 +46,7 @@ def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], min
             "loss": statistics.fmean(r["loss"] for r in honest) if honest else None,
             "fingerprints": {str(uid): row["fingerprint"] for uid, row in sorted(rows.items())},
             "canonical_fingerprint": _canonical(store, epoch),
-            "fingerprint_tolerance": FINGERPRINT_TOLERANCE,
+            "fingerprint_tolerance": consensus_tolerance(compression),
             "participants": participants,
             "failed": sorted(expected - set(participants)),
             "allreduce_seconds": max((r["allreduce_seconds"] for r in honest), default=None),
@@ -86,9 +87,13 @@ def _latest_weights(chain: LocalChain) -> dict[int, float]:
 
 
 def _scores(workdir: Path) -> dict[str, dict[str, float]]:
-    """Per-uid moving-average scores persisted by the first validator (empty without one)."""
-    for path in sorted((workdir / "validators").glob("*/scores.json")):
-        return json.loads(path.read_text()).get("scores", {})
+    """Per-uid moving-average scores persisted by the first validator (empty without one):
+    the components (gradient, steps, bandwidth) and `total`, the average that sets weights."""
+    for path in sorted((workdir / "validators").glob("*/validator-*.json")):
+        state = json.loads(path.read_text())
+        components = state.get("components", {})
+        return {uid: {**components.get(uid, {}), "total": total}
+                for uid, total in sorted(state["ema"].items(), key=lambda kv: int(kv[0]))}
     return {}
 
 

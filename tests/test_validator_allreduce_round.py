@@ -22,14 +22,13 @@ from hivemind_utils.round_stats import AveragingResult, SenderStats
 from hivemind_utils.swarm_state import PeerProgress, SwarmState
 from template.chain.local import LocalChain
 from template.config import AveragingConfig, DHTConfig
+from template.consensus import HONEST_SPREAD, consensus_tolerance
 from template.model import fingerprint
 from template.protocol import AllReduce, Reason
 from template.transport import MetagraphCache, build_axon, build_dendrite, free_port, start_axon
 from template.validator.allreduce_round import (
-    HONEST_SPREAD,
     allreduce_round,
     choose_reference,
-    consensus_tolerance,
     judge_round,
     live_participants,
     ready_for_round,

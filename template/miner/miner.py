@@ -20,14 +20,14 @@ from hivemind_utils.averaging import AveragingResult, SwarmAverager
 from hivemind_utils.swarm_state import ProgressReporter, SwarmState, should_start_round
 from template.checkpoints import CheckpointError, CheckpointStore
 from template.config import Config
-from template.consensus import checkpoint_pusher, needs_resync
+from template.consensus import checkpoint_pusher, consensus_tolerance, needs_resync
 from template.data import assign_pages, epoch_batches
 from template.data.sources import PageSource
 from template.device import autocast
 from template.miner.adversary import Adversary
 from template.miner.ledger import WorkLedger
 from template.miner.rounds import RoundDesk, RoundReport, RoundRequest, wait_for_round
-from template.model import FINGERPRINT_TOLERANCE, fingerprint, fingerprint_distance, load_state_into
+from template.model import fingerprint, fingerprint_distance, load_state_into
 from template.proof import SketchRecorder, sketch_seed
 from template.telemetry import Telemetry
 from template.training import accumulate, apply_gradients, learning_rate, mean_gradient
@@ -207,7 +207,9 @@ class Miner:
             return
         drift = fingerprint_distance(fingerprint(self.model), canonical.manifest["fingerprint"])
         logger.info("epoch %d: drift from the canonical checkpoint %.3g", epoch, drift)
-        if needs_resync(epoch=epoch, drift=drift, drift_threshold=FINGERPRINT_TOLERANCE / 2,
+        tolerance = consensus_tolerance(self.cfg.averaging.compression,
+                                        self.cfg.validator.fingerprint_tolerance)
+        if needs_resync(epoch=epoch, drift=drift, drift_threshold=tolerance / 2,
                         resync_every=0):
             self.load_checkpoint(epoch)
 

@@ -56,27 +56,6 @@ the miner first finishes its current batch, then matchmakes, averages, steps and
 
 # ------------------------------------------------------------------ tolerance
 
-HONEST_SPREAD = {"none": 3.75e-7, "fp16": 5.56e-4, "8bit": 8.22e-3}
-"""Largest pairwise post-step fingerprint distance between honest peers after one real round
-and AdamW step (tiny preset, 3 peers at 1 and 2 threads; ``scripts/measure_validator.py``).
-The first AdamW step is the worst case: its update is about ``lr * sign(g)``, so compression
-noise that flips the sign of tiny averaged gradient entries moves those weights by ``2 lr``."""
-CONSENSUS_TOLERANCE = {"none": 1e-5, "fp16": 3e-3, "8bit": 5e-2}
-"""Default ``--validator.fingerprint_tolerance`` per ``--averaging.compression``: about 5x the
-measured honest spread (27x without compression). One extra AdamW step at twice the learning
-rate measured 1.2e-2: caught with none and fp16, NOT distinguishable with 8bit at epoch 0."""
-
-
-def consensus_tolerance(compression: str, configured: float = 0.0) -> float:
-    """``configured`` when set (> 0), else the default for the averaging compression."""
-    if configured > 0:
-        return configured
-    if compression not in CONSENSUS_TOLERANCE:
-        raise ValueError(f"--averaging.compression {compression!r} has no measured tolerance; "
-                         "set --validator.fingerprint_tolerance")
-    return CONSENSUS_TOLERANCE[compression]
-
-
 # ------------------------------------------------------------------ trigger
 
 

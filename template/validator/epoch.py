@@ -102,17 +102,15 @@ class EpochRecord:
         )
 
 
-def epoch_scores(record: EpochRecord, *, tolerance: float,
-                 weights: ScoreWeights = ScoreWeights(),  # noqa: B008 - frozen, immutable
-                 ) -> dict[int, float]:
-    """One score in [0, 1] per uid the epoch saw (Train-verified or AllReduce participant).
+def epoch_components(record: EpochRecord) -> tuple[dict[int, float], dict[int, float],
+                                                   dict[int, float], dict[int, float | None]]:
+    """The per-uid inputs of :func:`epoch_scores`: gradient, steps, bandwidth and drift.
 
     gradient = the uid's best gradient score; steps = verified samples relative to the epoch's
     best miner; bandwidth = observed throughput relative to the round's median (only when the
-    validator observed the round); consensus gate = the uid's post-step fingerprint distance
-    (uids that reported one). When the round was checked (``consensus_checked``), a participant
-    that did not complete it is gated too (``None`` drift): its gradient never reached the model,
-    so it scores 0 for the epoch. See docs/validator.md.
+    validator observed the round); drift = the uid's post-step fingerprint distance (uids that
+    reported one). When the round was checked (``consensus_checked``), a participant that did
+    not complete it gets ``None`` drift: its gradient never reached the model.
     """
     gradient = {uid: r.gradient for uid, r in record.train.items()}
     steps = steps_scores({uid: r.verified_samples for uid, r in record.train.items()})
@@ -127,5 +125,15 @@ def epoch_scores(record: EpochRecord, *, tolerance: float,
     for uid in set(gradient) | set(steps):
         gradient.setdefault(uid, 0.0)
         steps.setdefault(uid, 0.0)
+    return gradient, steps, bandwidth, drift
+
+
+def epoch_scores(record: EpochRecord, *, tolerance: float,
+                 weights: ScoreWeights = ScoreWeights(),  # noqa: B008 - frozen, immutable
+                 ) -> dict[int, float]:
+    """One score in [0, 1] per uid the epoch saw (Train-verified or AllReduce participant):
+    the components of :func:`epoch_components` combined by ``round_scores``, with the
+    consensus gate (see docs/validator.md)."""
+    gradient, steps, bandwidth, drift = epoch_components(record)
     return round_scores(gradient=gradient, steps=steps, bandwidth=bandwidth, drift=drift,
                         tolerance=tolerance, weights=weights)

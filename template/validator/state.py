@@ -42,6 +42,8 @@ class ValidatorState:
     ema: dict[int, float] = field(default_factory=dict)
     hotkeys: dict[int, str] = field(default_factory=dict)
     last_scores: dict[int, float] = field(default_factory=dict)
+    components: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Moving averages of each score component per uid (gradient, steps, bandwidth)."""
     last_epoch: int = -1
     current: EpochRecord | None = None
     last_weights_block: int = -1
@@ -57,6 +59,7 @@ class ValidatorState:
             "ema": {str(u): v for u, v in self.ema.items()},
             "hotkeys": {str(u): h for u, h in self.hotkeys.items()},
             "last_scores": {str(u): v for u, v in self.last_scores.items()},
+            "components": {str(u): dict(c) for u, c in self.components.items()},
             "last_epoch": self.last_epoch,
             "current": None if self.current is None else self.current.to_json(),
             "last_weights_block": self.last_weights_block,
@@ -72,6 +75,8 @@ class ValidatorState:
             ema={int(u): float(v) for u, v in data["ema"].items()},
             hotkeys={int(u): str(h) for u, h in data["hotkeys"].items()},
             last_scores={int(u): float(v) for u, v in data["last_scores"].items()},
+            components={int(u): {str(k): float(v) for k, v in c.items()}
+                        for u, c in data.get("components", {}).items()},
             last_epoch=int(data["last_epoch"]),
             current=None if current is None else EpochRecord.from_json(current),
             last_weights_block=int(data["last_weights_block"]),

@@ -36,6 +36,7 @@ from hivemind_utils.swarm_state import SwarmState
 from template.chain import Chain, ChainError, build_chain
 from template.checkpoints import build_store
 from template.config import Config
+from template.consensus import consensus_tolerance
 from template.data import build_page_source, load_tokenizer
 from template.device import resolve_device, resolve_precision
 from template.proof import sketch_seed
@@ -46,11 +47,10 @@ from template.validator import weights as weights_mod
 from template.validator.allreduce_round import (
     AllReduceOutcome,
     allreduce_round,
-    consensus_tolerance,
     live_participants,
     ready_for_round,
 )
-from template.validator.epoch import EpochRecord, epoch_scores
+from template.validator.epoch import EpochRecord, epoch_components, epoch_scores
 from template.validator.reference import ReferenceModel, wait_for_checkpoint
 from template.validator.scoring import ema_update
 from template.validator.state import ValidatorState, forget_replaced, load_state, save_state
@@ -179,7 +179,14 @@ class Validator:
         if record is None or record.epoch <= self.state.last_epoch:
             return {}
         scores = epoch_scores(record, tolerance=self.tolerance)
-        self.state.ema = ema_update(self.state.ema, scores, alpha=self.cfg.validator.ema_alpha)
+        alpha = self.cfg.validator.ema_alpha
+        self.state.ema = ema_update(self.state.ema, scores, alpha=alpha)
+        gradient, steps, bandwidth, _ = epoch_components(record)
+        for name, values in (("gradient", gradient), ("steps", steps), ("bandwidth", bandwidth)):
+            prior = {u: c.get(name, 0.0) for u, c in self.state.components.items()}
+            now = {u: values.get(u, 0.0) for u in scores}
+            for uid, value in ema_update(prior, now, alpha=alpha).items():
+                self.state.components.setdefault(uid, {})[name] = value
         self.state.last_scores.update(scores)
         graph_hotkeys = {n.uid: n.hotkey for n in self.chain.metagraph().neurons}
         for uid in scores:
