@@ -181,3 +181,21 @@ def test_bad_combinations_are_refused():
     with pytest.raises(ValueError, match="CPU tensors"):
         SwarmAverager(dht=None, run_id="x", cfg=FAST, start=False,  # type: ignore[arg-type]
                       tensors=[torch.zeros(2, device="meta")])
+
+
+@pytest.mark.parametrize("values", [torch.zeros(300), torch.ones(1), torch.randn(1000) * 3])
+def test_8bit_codec_roundtrips_through_hiveminds_codec_table(values):
+    """compat.install() fixed decoding (NumPy >= 2.4) and constant parts, for the wire type."""
+    from hivemind.compression import CompressionInfo, deserialize_torch_tensor
+    from hivemind.compression.serialization import serialize_torch_tensor
+    from hivemind.proto import runtime_pb2
+
+    from hivemind_utils.averaging import make_compression
+
+    codec = make_compression("8bit")
+    for message in (codec.compress(values, CompressionInfo.from_tensor(values)),
+                    serialize_torch_tensor(values, runtime_pb2.UNIFORM_8BIT)):
+        restored = deserialize_torch_tensor(message)
+        assert restored.shape == values.shape
+        scale = float(values.abs().max()) or 1.0
+        assert float((restored - values).abs().max()) <= 0.15 * scale
