@@ -29,9 +29,19 @@ def _no_stray_children():
     before = {p.pid for p in me.children(recursive=True)}
     yield
     leftover = [p for p in me.children(recursive=True) if p.pid not in before]
+    # torch starts one torch_shm_manager per process on first share_memory_() and reuses it;
+    # killing it breaks every later shared tensor (hivemind's MPFuture: "RuntimeError: Broken pipe")
+    leftover = [p for p in leftover if _name(p) != "torch_shm_manager"]
     for proc in leftover:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             continue
     psutil.wait_procs(leftover, timeout=5)
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.NoSuchProcess:
+        return ""
