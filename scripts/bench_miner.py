@@ -117,33 +117,33 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device,
     batches = [torch.randint(0, model.config.vocab_size, (args.batch_size, args.seq_len),
                              generator=gen).to(device) for _ in range(4)]
     recorder = SketchRecorder(seed=sketch_seed("bench", 0))
-    fb, opt, sketch = [], [], []
+
+    def check(batch: torch.Tensor) -> None:  # the validator's recomputation of one batch
+        batch_gradient_sketch(model, batch, seed=sketch_seed("bench", 0), precision=precision,
+                              device=device)
+
+    def step() -> None:
+        apply_gradients(model, optimizer, lr=1e-4, max_grad_norm=1.0)
+
+    fb, opt, sketch, verify = [], [], [], []
     for i in range(args.warmup + args.steps):
         batch = batches[i % len(batches)]
         t_fb = timed(lambda b=batch: accumulate(model, b, autocast=autocast(device, precision)),
                      device)
         t_sk = timed(lambda: recorder.record(model), device)
-        t_opt = None
-        if (i + 1) % args.accum == 0:
-            t_opt = timed(lambda: apply_gradients(model, optimizer, lr=1e-4, max_grad_norm=1.0),
-                          device)
+        t_opt = t_check = None
+        if (i + 1) % args.accum == 0:  # step, then (grads cleared) one validator check
+            t_opt = timed(step, device)
             recorder.reset()
-        if i >= args.warmup:
+            t_check = timed(lambda b=batch: check(b), device)
+        if i >= args.warmup:  # interleaved, so machine load hits miner and validator alike
             fb.append(t_fb)
             sketch.append(t_sk)
-            if t_opt is not None:
-                opt.append(t_opt)
-    if not opt:  # fewer measured batches than --accum: time one step now
-        opt.append(timed(lambda: apply_gradients(model, optimizer, lr=1e-4, max_grad_norm=1.0),
-                         device))
-    optimizer.zero_grad(set_to_none=True)
-    def check(batch: torch.Tensor) -> None:
-        batch_gradient_sketch(model, batch, seed=sketch_seed("bench", 0), precision=precision,
-                              device=device)
-
-    rounds = max(2, args.steps // 2) + 1  # the first call warms up and is dropped
-    picked = [batches[i % len(batches)] for i in range(rounds)]
-    verify = [timed(lambda b=b: check(b), device) for b in picked][1:]
+            opt.extend([t_opt] if t_opt is not None else [])
+            verify.extend([t_check] if t_check is not None else [])
+    if not opt:  # fewer measured batches than --accum: time one step and one check now
+        opt.append(timed(step, device))
+        verify.append(timed(lambda: check(batches[0]), device))
     return summarize(preset, model, args, device, precision,
                      fb=statistics.median(fb), opt=statistics.median(opt),
                      sketch=statistics.median(sketch), verify=statistics.median(verify))
