@@ -160,9 +160,17 @@ def test_round_scores_weighted_sum_and_gate():
 
 
 def test_round_scores_clamps_components():
-    scores = round_scores(gradient={1: math.nan}, steps={1: 7.0}, bandwidth={1: -1.0},
+    scores = round_scores(gradient={1: 0.5}, steps={1: 7.0}, bandwidth={1: -1.0},
                           drift={}, tolerance=1e-4)
-    assert scores[1] == pytest.approx(ScoreWeights().steps)
+    assert scores[1] == pytest.approx(0.5 * ScoreWeights().gradient + ScoreWeights().steps)
+
+
+def test_failed_proof_of_work_earns_nothing_for_bandwidth():
+    """Work gate: all checks failed (or a non-finite gradient score) -> 0, even if fast."""
+    scores = round_scores(gradient={1: 0.0, 2: math.nan, 3: 1.0}, steps={},
+                          bandwidth={1: 1.0, 2: 1.0, 3: 0.5}, drift={}, tolerance=1e-4)
+    assert scores[1] == 0.0 and scores[2] == 0.0
+    assert scores[3] == pytest.approx(ScoreWeights().gradient + 0.5 * ScoreWeights().bandwidth)
 
 
 def test_score_weights_validated():

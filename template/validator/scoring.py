@@ -174,12 +174,17 @@ def round_scores(
     their :func:`template.model.fingerprint_distance` from the canonical one (``None`` when the
     report was missing or unreadable). A uid listed there and not within ``tolerance`` scores 0
     for the round whatever else it did; uids absent from ``drift`` took no step this round and
-    are not gated. A component missing for a uid counts as 0.
+    are not gated. Work gate: a uid whose Train evidence was checked and failed every check
+    (``gradient`` 0) also scores 0, whatever bandwidth it showed: moving garbage fast is not a
+    service. A component missing for a uid counts as 0.
     """
     uids = set(gradient) | set(steps) | set(bandwidth) | set(drift)
     out: dict[int, float] = {}
     for uid in sorted(uids):
         if uid in drift and not consensus_ok(drift[uid], tolerance=tolerance):
+            out[uid] = 0.0
+            continue
+        if uid in gradient and not _finite_unit(gradient[uid]) > 0:
             out[uid] = 0.0
             continue
         out[uid] = (

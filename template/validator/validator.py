@@ -269,8 +269,12 @@ class Validator:
         uids = live_participants(swarm, bindings, serving)
         if len(uids) < cfg.averaging.min_group_size:
             return None
-        unverified = [u for u in uids if u not in record.train]
-        if unverified:  # proof of work before paying for the average
+        peer_of = {peer: uid for uid, peer in bindings.items()}
+        reported = {peer_of[p.peer_id]: p.samples for p in swarm.peers
+                    if p.epoch == swarm.global_epoch and p.peer_id in peer_of}
+        unverified = [u for u in uids if u not in record.train
+                      or record.train[u].verified_samples < reported.get(u, 0)]
+        if unverified:  # proof of the whole epoch's work before paying for the average
             await self.verify(graph, record, unverified)
         checkpoint: dict[str, Any] = {}
 
