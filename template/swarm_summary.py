@@ -52,11 +52,15 @@ def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], min
             "allreduce_seconds": max((r["allreduce_seconds"] for r in honest), default=None),
             "checkpoint_tag": tag_for(epoch) if tag_for(epoch) in store.tags() else None,
         })
+    validator = _validator_state(workdir)
+    history = validator.get("history", {})
+    for entry in out_epochs:  # the round of epoch-N's step was scored as epoch N-1
+        entry["round_scores"] = history.get(str(entry["epoch"] - 1), {})
     weights = _latest_weights(chain)
     return {
         "ok": ok,
         "epochs": out_epochs,
-        "scores": _scores(workdir),
+        "scores": _scores(validator),
         "weights": {str(uid): w for uid, w in sorted(weights.items())},
         "incentive": {str(uid): v for uid, v in sorted(chain.incentive().items())},
         "cheaters": {str(uids[name]): kind for name, kind in cheaters.items()},
@@ -86,15 +90,19 @@ def _latest_weights(chain: LocalChain) -> dict[int, float]:
     return {uid: w / stake_sum for uid, w in total.items()} if stake_sum else {}
 
 
-def _scores(workdir: Path) -> dict[str, dict[str, float]]:
-    """Per-uid moving-average scores persisted by the first validator (empty without one):
-    the components (gradient, steps, bandwidth) and `total`, the average that sets weights."""
+def _validator_state(workdir: Path) -> dict[str, Any]:
+    """The first validator's persisted state (`{}` in a run without validators)."""
     for path in sorted((workdir / "validators").glob("*/validator-*.json")):
-        state = json.loads(path.read_text())
-        components = state.get("components", {})
-        return {uid: {**components.get(uid, {}), "total": total}
-                for uid, total in sorted(state["ema"].items(), key=lambda kv: int(kv[0]))}
+        return json.loads(path.read_text())
     return {}
+
+
+def _scores(state: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per-uid moving averages: the components (gradient, steps, bandwidth) and `total`, the
+    average that sets weights."""
+    components = state.get("components", {})
+    return {uid: {**components.get(uid, {}), "total": total}
+            for uid, total in sorted(state.get("ema", {}).items(), key=lambda kv: int(kv[0]))}
 
 
 def print_table(summary: dict[str, Any]) -> None:

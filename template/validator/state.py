@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 STATE_VERSION = 1
 
 
+HISTORY_EPOCHS = 100
+
+
 @dataclass
 class ValidatorState:
     ema: dict[int, float] = field(default_factory=dict)
@@ -44,11 +47,19 @@ class ValidatorState:
     last_scores: dict[int, float] = field(default_factory=dict)
     components: dict[int, dict[str, float]] = field(default_factory=dict)
     """Moving averages of each score component per uid (gradient, steps, bandwidth)."""
+    history: dict[int, dict[int, float]] = field(default_factory=dict)
+    """Round score per uid of the last ``HISTORY_EPOCHS`` scored epochs (epoch -> uid -> score)."""
     last_epoch: int = -1
     current: EpochRecord | None = None
     last_weights_block: int = -1
     rounds: dict[str, int] = field(default_factory=dict)
     """Counters: ``train``, ``allreduce``, ``allreduce_failed``, ``weights``."""
+
+    def remember(self, epoch: int, scores: Mapping[int, float]) -> None:
+        """Keep this epoch's round scores (the newest ``HISTORY_EPOCHS`` epochs)."""
+        self.history[epoch] = dict(scores)
+        for old in sorted(self.history)[:-HISTORY_EPOCHS]:
+            del self.history[old]
 
     def count(self, name: str) -> None:
         self.rounds[name] = self.rounds.get(name, 0) + 1
@@ -60,6 +71,8 @@ class ValidatorState:
             "hotkeys": {str(u): h for u, h in self.hotkeys.items()},
             "last_scores": {str(u): v for u, v in self.last_scores.items()},
             "components": {str(u): dict(c) for u, c in self.components.items()},
+            "history": {str(e): {str(u): v for u, v in row.items()}
+                        for e, row in self.history.items()},
             "last_epoch": self.last_epoch,
             "current": None if self.current is None else self.current.to_json(),
             "last_weights_block": self.last_weights_block,
@@ -77,6 +90,8 @@ class ValidatorState:
             last_scores={int(u): float(v) for u, v in data["last_scores"].items()},
             components={int(u): {str(k): float(v) for k, v in c.items()}
                         for u, c in data.get("components", {}).items()},
+            history={int(e): {int(u): float(v) for u, v in row.items()}
+                     for e, row in data.get("history", {}).items()},
             last_epoch=int(data["last_epoch"]),
             current=None if current is None else EpochRecord.from_json(current),
             last_weights_block=int(data["last_weights_block"]),

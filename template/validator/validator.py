@@ -188,6 +188,7 @@ class Validator:
             for uid, value in ema_update(prior, now, alpha=alpha).items():
                 self.state.components.setdefault(uid, {})[name] = value
         self.state.last_scores.update(scores)
+        self.state.remember(record.epoch, scores)
         graph_hotkeys = {n.uid: n.hotkey for n in self.chain.metagraph().neurons}
         for uid in scores:
             if uid in graph_hotkeys:
