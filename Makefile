@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint clean
 
 install: $(STAMP)
 
@@ -25,7 +25,8 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) scripts/demo.py
+	$(PY) scripts/local_swarm.py --miners 3 --validators 1 --epochs 3 \
+		--workdir runs/demo --summary runs/demo/summary.json
 
 lint: install
 	$(PY) -m ruff check .

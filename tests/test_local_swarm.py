@@ -1,0 +1,71 @@
+"""End to end: `scripts/local_swarm.py` (what `make demo` runs) with miners and a validator.
+
+Each test runs the launcher as a subprocess, exactly as a newcomer does, and asserts on the
+summary it writes. The launcher stops every process it started (each in its own group).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from template.model import fingerprint_distance
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--demo_pages", "200", "--seq_len", "64", "--batch_size", "4",
+         "--pages_per_epoch", "4", "--matchmaking_time", "4", "--timeout", "700"]
+
+
+def run_demo(tmp_path: Path, *flags: str) -> dict:
+    summary = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "local_swarm.py"), "--workdir", str(tmp_path),
+         "--summary", str(summary), *SMALL, *flags],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert (tmp_path / "initial_peers.txt").read_text().startswith("/ip4/127.0.0.1/")
+    assert summary.with_suffix(".png").stat().st_size > 0
+    return json.loads(summary.read_text())
+
+
+def honest_uids(summary: dict) -> list[str]:
+    return [u for u, name in summary["roles"].items()
+            if name.startswith("miner") and u not in summary["cheaters"]]
+
+
+def test_honest_subnet_trains_agrees_checkpoints_and_sets_weights(tmp_path):
+    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "2")
+    assert summary["ok"]
+    epochs = summary["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    honest = honest_uids(summary)
+    for entry in epochs:
+        assert entry["checkpoint_tag"] == f"epoch-{entry['epoch']}"
+        assert (Path(summary["store"]) / entry["checkpoint_tag"]).is_dir()
+        assert sorted(entry["fingerprints"]) == sorted(honest)
+        for uid in honest:
+            distance = fingerprint_distance(entry["fingerprints"][uid],
+                                            entry["canonical_fingerprint"])
+            assert distance < entry["fingerprint_tolerance"], (entry["epoch"], uid, distance)
+            assert entry["round_scores"].get(uid, 0) > 0, (entry["epoch"], uid)
+    for uid in honest:
+        assert summary["weights"][uid] > 0
+        assert summary["incentive"][uid] > 0
+
+
+def test_cheaters_end_with_the_least_weight(tmp_path):
+    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "2",
+                       "--cheaters", "random-gradient,no-show")
+    assert summary["ok"]
+    weights = {u: summary["weights"].get(u, 0.0) for u in summary["roles"]
+               if summary["roles"][u].startswith(("miner", "cheater"))}
+    cheaters = set(summary["cheaters"])
+    honest = honest_uids(summary)
+    assert max(weights[u] for u in cheaters) < min(weights[u] for u in honest)
+    assert sum(weights[u] for u in cheaters) < 0.05
+    for entry in summary["epochs"]:  # no false positive: honest miners score in every round
+        assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
