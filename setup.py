@@ -18,7 +18,8 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["template", "template.*", "hivemind_utils", "hivemind_utils.*"]),
+    packages=find_packages(
+        include=["template", "template.*", "hivemind_utils", "hivemind_utils.*"]),
     install_requires=requirements(),
     license="MIT",
 )
