@@ -18,6 +18,7 @@ from template.validator.scoring import (
     normalize_weights,
     round_scores,
     steps_scores,
+    stragglers,
     throughput,
     verified_samples,
 )
@@ -231,3 +232,14 @@ def test_pipeline_pays_honest_work_only():
     weights = normalize_weights(ema_update({}, r, alpha=0.3))
     assert sum(weights.values()) == pytest.approx(1.0)
     assert weights[1] > weights[2] > weights[3]
+
+
+def test_stragglers_are_slow_observed_peers_only():
+    fast = PeerTransfer(bytes_received=10_000_000, seconds=1.0)
+    slow = PeerTransfer(bytes_received=10_000_000, seconds=20.0)
+    observed = {1: fast, 2: fast, 3: fast, 4: slow, 5: None}
+    assert stragglers(observed, [1, 2, 3, 4, 5]) == {4}  # 5: not heard from, not judged
+    assert stragglers({}, [1, 2]) == set()
+    scores = round_scores(gradient={1: 1.0, 4: 1.0}, steps={1: 1.0, 4: 1.0},
+                          bandwidth={1: 0.5, 4: 0.03}, drift={}, tolerance=1e-4, slow={4})
+    assert scores[4] == 0.0 and scores[1] > 0

@@ -22,6 +22,7 @@ from template.validator.scoring import (
     bandwidth_scores,
     round_scores,
     steps_scores,
+    stragglers,
 )
 
 
@@ -102,21 +103,33 @@ class EpochRecord:
         )
 
 
-def epoch_components(record: EpochRecord) -> tuple[dict[int, float], dict[int, float],
-                                                   dict[int, float], dict[int, float | None]]:
-    """The per-uid inputs of :func:`epoch_scores`: gradient, steps, bandwidth and drift.
+@dataclass(frozen=True)
+class EpochComponents:
+    """The per-uid inputs of :func:`epoch_scores`."""
 
-    gradient = the uid's best gradient score; steps = verified samples relative to the epoch's
-    best miner; bandwidth = observed throughput relative to the round's median (only when the
-    validator observed the round); drift = the uid's post-step fingerprint distance (uids that
-    reported one). When the round was checked (``consensus_checked``), a participant that did
-    not complete it gets ``None`` drift: its gradient never reached the model.
-    """
+    gradient: dict[int, float]
+    """The uid's best gradient score (fraction of sketch checks passed)."""
+    steps: dict[int, float]
+    """Verified samples relative to the epoch's best miner."""
+    bandwidth: dict[int, float]
+    """Observed throughput relative to the round's median (only when the validator observed
+    the round)."""
+    drift: dict[int, float | None]
+    """Post-step fingerprint distance of each uid that reported one; when the round was checked
+    (``consensus_checked``), a participant that did not complete gets ``None``: its gradient
+    never reached the model."""
+    slow: set[int]
+    """Stragglers: observed at under ``STRAGGLER_FRACTION`` of the median throughput."""
+
+
+def epoch_components(record: EpochRecord) -> EpochComponents:
     gradient = {uid: r.gradient for uid, r in record.train.items()}
     steps = steps_scores({uid: r.verified_samples for uid, r in record.train.items()})
     bandwidth: dict[int, float] = {}
+    slow: set[int] = set()
     if record.bandwidth_observed:
         bandwidth = bandwidth_scores(record.transfers, record.participants)
+        slow = stragglers(record.transfers, record.participants)
     drift: dict[int, float | None] = {}
     if record.consensus_checked:
         drift = dict(record.drift)
@@ -125,7 +138,7 @@ def epoch_components(record: EpochRecord) -> tuple[dict[int, float], dict[int, f
     for uid in set(gradient) | set(steps):
         gradient.setdefault(uid, 0.0)
         steps.setdefault(uid, 0.0)
-    return gradient, steps, bandwidth, drift
+    return EpochComponents(gradient, steps, bandwidth, drift, slow)
 
 
 def epoch_scores(record: EpochRecord, *, tolerance: float,
@@ -134,6 +147,6 @@ def epoch_scores(record: EpochRecord, *, tolerance: float,
     """One score in [0, 1] per uid the epoch saw (Train-verified or AllReduce participant):
     the components of :func:`epoch_components` combined by ``round_scores``, with the
     consensus gate (see docs/validator.md)."""
-    gradient, steps, bandwidth, drift = epoch_components(record)
-    return round_scores(gradient=gradient, steps=steps, bandwidth=bandwidth, drift=drift,
-                        tolerance=tolerance, weights=weights)
+    c = epoch_components(record)
+    return round_scores(gradient=c.gradient, steps=c.steps, bandwidth=c.bandwidth,
+                        drift=c.drift, tolerance=tolerance, weights=weights, slow=c.slow)

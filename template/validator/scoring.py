@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from template.proof import SketchAgreement
 
 BANDWIDTH_CAP = 2.0
+STRAGGLER_FRACTION = 0.1
+"""A participant whose observed throughput is below this fraction of the round's median is a
+straggler: the butterfly all-reduce finishes only when its slowest member does, so a link ten
+times slower than the swarm's typical one costs every peer the time; it earns 0 for the round."""
 """Throughput above this multiple of the round's median earns nothing more: a peer on a fat
 link cannot take the whole bandwidth share, and one lucky timing cannot dominate."""
 MIN_SECONDS = 1e-3
@@ -151,6 +155,25 @@ def bandwidth_scores(
     return {uid: min(r / median, cap) / cap for uid, r in rates.items()}
 
 
+def stragglers(
+    observed: Mapping[int, PeerTransfer | None],
+    participants: Iterable[int],
+    *,
+    fraction: float = STRAGGLER_FRACTION,
+) -> set[int]:
+    """Participants heard from (positive throughput) at less than ``fraction`` of the median.
+
+    Peers the validator did not hear from are not stragglers: their part may simply have gone
+    to another reducer (the validator reduces only its own shard).
+    """
+    rates = {uid: throughput(observed.get(uid)) for uid in participants}
+    positive = [r for r in rates.values() if r > 0]
+    if not positive:
+        return set()
+    cutoff = fraction * statistics.median(positive)
+    return {uid for uid, r in rates.items() if 0 < r < cutoff}
+
+
 # -------------------------------------------------------------------------- combine
 
 
@@ -167,6 +190,7 @@ def round_scores(
     drift: Mapping[int, float | None],
     tolerance: float,
     weights: ScoreWeights = ScoreWeights(),  # noqa: B008 - frozen dataclass, immutable default
+    slow: Iterable[int] = (),
 ) -> dict[int, float]:
     """One score in [0, 1] per uid seen in any component: the weighted sum, consensus-gated.
 
@@ -176,11 +200,16 @@ def round_scores(
     for the round whatever else it did; uids absent from ``drift`` took no step this round and
     are not gated. Work gate: a uid whose Train evidence was checked and failed every check
     (``gradient`` 0) also scores 0, whatever bandwidth it showed: moving garbage fast is not a
-    service. A component missing for a uid counts as 0.
+    service. Straggler gate: uids in ``slow`` (see :func:`stragglers`) score 0. A component
+    missing for a uid counts as 0.
     """
     uids = set(gradient) | set(steps) | set(bandwidth) | set(drift)
+    slow = set(slow)
     out: dict[int, float] = {}
     for uid in sorted(uids):
+        if uid in slow:
+            out[uid] = 0.0
+            continue
         if uid in drift and not consensus_ok(drift[uid], tolerance=tolerance):
             out[uid] = 0.0
             continue

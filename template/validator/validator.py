@@ -181,8 +181,9 @@ class Validator:
         scores = epoch_scores(record, tolerance=self.tolerance)
         alpha = self.cfg.validator.ema_alpha
         self.state.ema = ema_update(self.state.ema, scores, alpha=alpha)
-        gradient, steps, bandwidth, _ = epoch_components(record)
-        for name, values in (("gradient", gradient), ("steps", steps), ("bandwidth", bandwidth)):
+        parts = epoch_components(record)
+        for name, values in (("gradient", parts.gradient), ("steps", parts.steps),
+                             ("bandwidth", parts.bandwidth)):
             prior = {u: c.get(name, 0.0) for u, c in self.state.components.items()}
             now = {u: values.get(u, 0.0) for u in scores}
             for uid, value in ema_update(prior, now, alpha=alpha).items():
