@@ -28,7 +28,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, AsyncIterator  # noqa: UP035 - hivemind reads typing.AsyncIterator hints
 
 import torch
@@ -93,6 +93,9 @@ class SwarmAverager(DecentralizedAverager):
       (the validator). Needs the same shapes as the miners (meta-device params are enough).
     :param compression: overrides ``cfg.compression`` (a hivemind ``CompressionBase``; the
       red-team slow-link mode passes a throttled one).
+    :param state_provider: lets peers download this peer's training state (a late joiner's
+      :meth:`load_state_from_peers`): returns ``(metadata, tensors)``, called on a background
+      thread of this process whenever a peer asks. None: this peer shares no state.
     :param bandwidth: declared download bandwidth; a larger value asks for a larger shard. None
       lets hivemind split evenly. Self-reported by every peer: not evidence of anything.
     :param part_size_bytes: size of one streamed part; smaller parts react faster to failures,
@@ -115,6 +118,7 @@ class SwarmAverager(DecentralizedAverager):
         tensors: Sequence[torch.Tensor] | None = None,
         auxiliary: bool = False,
         compression: CompressionBase | None = None,
+        state_provider: Callable[[], tuple[dict[str, Any], list[torch.Tensor]]] | None = None,
         bandwidth: float | None = None,
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
         shutdown_timeout: float = 5.0,
@@ -129,6 +133,7 @@ class SwarmAverager(DecentralizedAverager):
         if any(t.device.type != "cpu" for t in buffers):
             raise ValueError("tensors= must be CPU tensors; pass params= for GPU models")
         self.cfg, self.run_id = cfg, run_id
+        self._state_provider = state_provider
         self._recorder = RoundRecorder()
         super().__init__(
             buffers, dht, start=False, prefix=averager_prefix(run_id),
@@ -138,7 +143,7 @@ class SwarmAverager(DecentralizedAverager):
             compression=compression or make_compression(cfg.compression),
             part_size_bytes=part_size_bytes,
             bandwidth=bandwidth, auxiliary=auxiliary, shutdown_timeout=shutdown_timeout,
-            allow_state_sharing=False,
+            allow_state_sharing=state_provider is not None,
         )
         if start:
             self.run_in_background(await_ready=True)
@@ -188,6 +193,15 @@ class SwarmAverager(DecentralizedAverager):
                     param.grad = grad
                 else:
                     param.grad.copy_(grad)
+
+    # ------------------------------------------------------------------ state for joiners
+
+    def get_current_state(self) -> tuple[Any, Sequence[torch.Tensor], Any]:
+        """hivemind's hook behind ``rpc_download_state``: what a joiner downloads from us."""
+        if self._state_provider is None:  # sharing is off, so hivemind never asks; be safe
+            raise RuntimeError("this averager shares no state")
+        metadata, tensors = self._state_provider()
+        return metadata, tensors, None
 
     # ------------------------------------------------------------------ one round
 

@@ -69,3 +69,17 @@ def test_cheaters_end_with_the_least_weight(tmp_path):
     assert sum(weights[u] for u in cheaters) < 0.05
     for entry in summary["epochs"]:  # no false positive: honest miners score in every round
         assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
+
+
+def test_every_red_team_mode_earns_less_than_every_honest_miner(tmp_path):
+    """lazy, copycat and slow-link here (random-gradient and no-show above): together they
+    get under 5% of the weight, and no honest miner scores zero in any round."""
+    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "3",
+                       "--cheaters", "lazy,copycat,slow-link")
+    assert summary["ok"]
+    cheaters, honest = set(summary["cheaters"]), honest_uids(summary)
+    weights = {u: summary["weights"].get(u, 0.0) for u in [*cheaters, *honest]}
+    assert max(weights[u] for u in cheaters) < min(weights[u] for u in honest), weights
+    assert sum(weights[u] for u in cheaters) < 0.05, weights
+    for entry in summary["epochs"]:
+        assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]

@@ -54,9 +54,9 @@ def _run_launcher(tmp_path: Path, *extra: str) -> dict:
     return json.loads(summary.read_text())
 
 
-def _reference_step(store: LocalStore, epoch: int, uids: list[int], *, pages_per_epoch: int,
-                    seq_len: int, batch_size: int, shards: Path) -> list[float]:
-    """theta_{epoch+1} from theta_epoch: AdamW on the sample-weighted mean of miners' grads."""
+def _stepped(store: LocalStore, epoch: int, grads: list[torch.Tensor], *,
+             lr_scale: float = 1.0) -> list[float]:
+    """Fingerprint of theta_epoch (+ its optimizer state) after one AdamW step with `grads`."""
     model = build_model(ModelConfig(preset="tiny"), seed=0)
     optim_cfg = OptimConfig(lr=LR, warmup_epochs=1)
     optimizer = build_optimizer(model, optim_cfg)
@@ -64,9 +64,23 @@ def _reference_step(store: LocalStore, epoch: int, uids: list[int], *, pages_per
         ckpt = store.pull(epoch)
         load_state_into(model, ckpt.state_dict)
         optimizer.load_state_dict(ckpt.optimizer_state)
+    for p, g in zip(model.parameters(), grads, strict=True):
+        p.grad = g.clone()
+    outcome = apply_gradients(model, optimizer, lr=lr_scale * learning_rate(epoch, optim_cfg),
+                              max_grad_norm=optim_cfg.max_grad_norm)
+    assert outcome.applied
+    return fingerprint(model)
+
+
+def _miner_gradients(store: LocalStore, epoch: int, uids: list[int], *, pages_per_epoch: int,
+                     seq_len: int, batch_size: int,
+                     shards: Path) -> dict[int, tuple[list[torch.Tensor], int]]:
+    """Each miner's mean gradient at theta_epoch over its assigned pages, and its samples."""
+    model = build_model(ModelConfig(preset="tiny"), seed=0)
+    if epoch > 0:
+        load_state_into(model, store.pull(epoch).state_dict)
     source, tokenizer = local_source(shards), load_tokenizer()
-    total = [torch.zeros_like(p) for p in model.parameters()]
-    weight_sum = 0
+    out = {}
     for uid in uids:
         pages = assign_pages(run_id=RUN_ID, epoch=epoch, miner=uid,
                              pages_per_miner=pages_per_epoch, dataset_size=source.num_pages)
@@ -76,16 +90,8 @@ def _reference_step(store: LocalStore, epoch: int, uids: list[int], *, pages_per
         for batch in batches:
             accumulate(model, batch)
         mean_gradient(model, len(batches))
-        samples = len(batches) * batch_size
-        for acc, p in zip(total, model.parameters(), strict=True):
-            acc.add_(p.grad, alpha=samples)
-        weight_sum += samples
-    for acc, p in zip(total, model.parameters(), strict=True):
-        p.grad = acc / weight_sum
-    outcome = apply_gradients(model, optimizer, lr=learning_rate(epoch, optim_cfg),
-                              max_grad_norm=optim_cfg.max_grad_norm)
-    assert outcome.applied
-    return fingerprint(model)
+        out[uid] = ([p.grad.clone() for p in model.parameters()], len(batches) * batch_size)
+    return out
 
 
 def test_three_miners_agree_and_match_the_reference_step(tmp_path):
@@ -99,9 +105,19 @@ def test_three_miners_agree_and_match_the_reference_step(tmp_path):
         canonical = entry["canonical_fingerprint"]
         for uid, fp in entry["fingerprints"].items():
             assert fingerprint_distance(fp, canonical) < FINGERPRINT_TOLERANCE, uid
-        reference = _reference_step(store, entry["epoch"] - 1, uids, pages_per_epoch=2,
-                                    seq_len=64, batch_size=4, shards=tmp_path / "shards")
+        epoch = entry["epoch"] - 1
+        grads = _miner_gradients(store, epoch, uids, pages_per_epoch=2, seq_len=64,
+                                 batch_size=4, shards=tmp_path / "shards")
+        total = sum(n for _, n in grads.values())
+        mean = [sum(g[i] * n for g, n in grads.values()) / total
+                for i in range(len(grads[uids[0]][0]))]
+        reference = _stepped(store, epoch, mean)
         assert fingerprint_distance(reference, canonical) < FINGERPRINT_TOLERANCE
+        # A miner that applied only its own gradient, or another learning rate, is far off.
+        own_only = _stepped(store, epoch, grads[uids[0]][0])
+        assert fingerprint_distance(own_only, canonical) > 10 * FINGERPRINT_TOLERANCE
+        double_lr = _stepped(store, epoch, mean, lr_scale=2.0)
+        assert fingerprint_distance(double_lr, canonical) > 10 * FINGERPRINT_TOLERANCE
     assert summary["epochs"][-1]["loss"] < summary["epochs"][0]["loss"]
 
 
@@ -162,7 +178,7 @@ def test_late_joiner_catches_up_and_agrees(localnet):
     ref = fps[net.miners[0]]
     assert all(fingerprint_distance(fp, ref) < FINGERPRINT_TOLERANCE for fp in fps.values())
     late_log = (net.workdir / "logs" / "miner3.out").read_text()
-    assert "loaded checkpoint epoch-" in late_log
+    assert "loaded state from a peer at epoch" in late_log
 
 
 def test_killed_miner_does_not_stall_the_others(localnet):

@@ -52,14 +52,12 @@ def build_miner(cfg: Config) -> Miner:
     precision = resolve_precision(cfg.neuron.precision, device)
     model = build_model(cfg.model, seed=cfg.neuron.seed).to(device)
     adversary = make_adversary(cfg.neuron.adversary)
-    averager = SwarmAverager(dht=dht, run_id=cfg.neuron.run_id, cfg=cfg.averaging,
-                             params=model.parameters(), compression=adversary.compression())
-    closers.append(averager.shutdown)  # closed in reverse: the averager stops before the DHT
     miner = Miner(
         cfg=cfg, uid=uid, peer_id=peer_id, wallet=wallet, chain=chain, model=model,
         adversary=adversary,
         optimizer=build_optimizer(model, cfg.optim), tokenizer=load_tokenizer(),
-        source=build_page_source(cfg.data), store=build_store(cfg.store), averager=averager,
+        source=build_page_source(cfg.data), store=build_store(cfg.store),
+        averager=None,  # set below: it serves `miner.shared_state` to joining peers
         reporter=ProgressReporter(dht=dht, hotkey=wallet.hotkey.ss58_address,
                                   expiration=RECORD_EXPIRATION),
         read_state=functools.partial(read_swarm_state, dht, run_id=cfg.neuron.run_id,
@@ -67,7 +65,11 @@ def build_miner(cfg: Config) -> Miner:
         device=device, precision=precision,
         telemetry=Telemetry(cfg, role="miner", name=f"miner-{uid}"), closers=closers,
     )
-    miner.closers += [miner.reporter.clear, miner.telemetry.close]
+    miner.averager = SwarmAverager(dht=dht, run_id=cfg.neuron.run_id, cfg=cfg.averaging,
+                                   params=model.parameters(), compression=adversary.compression(),
+                                   state_provider=miner.shared_state)
+    # Closed in reverse order: the averager stops before the DHT it talks through.
+    miner.closers += [miner.averager.shutdown, miner.reporter.clear, miner.telemetry.close]
     _serve(miner, cfg, wallet, chain, dht_peer=peer_id)
     return miner
 

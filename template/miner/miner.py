@@ -27,6 +27,7 @@ from template.device import autocast
 from template.miner.adversary import Adversary
 from template.miner.ledger import WorkLedger
 from template.miner.rounds import RoundDesk, RoundReport, RoundRequest, wait_for_round
+from template.miner.state import StateRejected, apply_training_state, training_state
 from template.model import fingerprint, fingerprint_distance, load_state_into
 from template.proof import SketchRecorder, sketch_seed
 from template.telemetry import Telemetry
@@ -65,6 +66,7 @@ class Miner:
     desk: RoundDesk = field(default_factory=RoundDesk)
     ledger: WorkLedger = field(default_factory=WorkLedger)
     stop: threading.Event = field(default_factory=threading.Event)
+    state_lock: threading.Lock = field(default_factory=threading.Lock)
     epoch: int = 0
     closers: list[Any] = field(default_factory=list)
     _last_report: tuple[float, float] = (0.0, 0.0)
@@ -73,7 +75,7 @@ class Miner:
 
     def run(self) -> None:
         """Train until `--neuron.epochs` epochs are done or `stop` is set."""
-        self.sync_from_store()
+        self.sync_state()
         target = self.cfg.neuron.epochs
         while not self.stop.is_set() and not (target and self.epoch >= target):
             epoch = self.epoch
@@ -167,11 +169,12 @@ class Miner:
         if request.learning_rate is not None and abs(request.learning_rate - lr) > 1e-12:
             logger.warning("validator asked lr %g for epoch %d; the schedule says %g (used)",
                            request.learning_rate, epoch, lr)
-        outcome = apply_gradients(self.model, self.optimizer, lr=lr,
-                                  max_grad_norm=self.cfg.optim.max_grad_norm)
+        with self.state_lock:  # peers downloading our state never see a half-applied step
+            outcome = apply_gradients(self.model, self.optimizer, lr=lr,
+                                      max_grad_norm=self.cfg.optim.max_grad_norm)
+            self.epoch = epoch + 1
         if not outcome.applied:
             logger.error("epoch %d: averaged gradient not applied: %s", epoch, outcome.reason)
-        self.epoch = epoch + 1
         fp = fingerprint(self.model)
         self._record_epoch(epoch, result, fp, outcome.lr, outcome.grad_norm)
         self._maybe_push(result)
@@ -179,11 +182,40 @@ class Miner:
 
     # ------------------------------------------------------------------ state and agreement
 
-    def sync_from_store(self) -> None:
-        """Load the latest canonical checkpoint when it is ahead of us (late join, restart)."""
+    def sync_state(self) -> None:
+        """Catch up with the swarm (late join, restart, missed round): download the state of a
+        peer that is ahead, or, when no peer answers, load the store's latest checkpoint."""
+        if self.swarm_state().global_epoch > self.epoch and self.load_state_from_peers():
+            return
         latest = self._latest_epoch()
         if latest is not None and latest > self.epoch:
             self.load_checkpoint(latest)
+
+    def load_state_from_peers(self) -> bool:
+        """Weights, AdamW moments and epoch from a peer; False if none answered or fit."""
+        avg = self.cfg.averaging
+        found = self.averager.load_state_from_peers(timeout=avg.allreduce_timeout)
+        if found is None:
+            logger.info("no peer shared its state")
+            return False
+        try:
+            with self.state_lock:
+                epoch = apply_training_state(self.model, self.optimizer, *found,
+                                             run_id=self.cfg.neuron.run_id)
+                if epoch < self.epoch:
+                    raise StateRejected(f"peer is at epoch {epoch}, behind our {self.epoch}")
+                self.epoch = epoch
+        except StateRejected as err:
+            logger.warning("rejected a peer's state: %s", err)
+            return False
+        logger.info("loaded state from a peer at epoch %d", self.epoch)
+        return True
+
+    def shared_state(self) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        """What this miner serves to joiners (called on the averager's background thread)."""
+        with self.state_lock:
+            return training_state(self.model, self.optimizer, epoch=self.epoch,
+                                  run_id=self.cfg.neuron.run_id)
 
     def catch_up(self) -> None:
         """No round came: if the swarm moved on, reload its latest checkpoint."""
@@ -191,7 +223,7 @@ class Miner:
         if state.global_epoch > self.epoch:
             logger.warning("swarm is at epoch %d, this miner at %d: reloading", state.global_epoch,
                            self.epoch)
-            self.sync_from_store()
+            self.sync_state()
             if self.epoch < state.global_epoch:
                 self.stop.wait(1.0)  # the checkpoint is still being pushed; look again soon
 
@@ -215,11 +247,12 @@ class Miner:
 
     def load_checkpoint(self, epoch: int) -> None:
         ckpt = self.store.pull(epoch)
-        load_state_into(self.model, ckpt.state_dict)
-        if ckpt.optimizer_state is not None:
-            self.optimizer.load_state_dict(ckpt.optimizer_state)
-        self.model.zero_grad(set_to_none=True)
-        self.epoch = epoch
+        with self.state_lock:
+            load_state_into(self.model, ckpt.state_dict)
+            if ckpt.optimizer_state is not None:
+                self.optimizer.load_state_dict(ckpt.optimizer_state)
+            self.model.zero_grad(set_to_none=True)
+            self.epoch = epoch
         logger.info("loaded checkpoint epoch-%d (hash %s)", epoch,
                     str(ckpt.manifest.get("parameter_hash", ""))[:12])
 
