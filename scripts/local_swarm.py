@@ -23,7 +23,7 @@ import bittensor  # noqa: F401  (import before hivemind: NOTES)
 from hivemind_utils.dht import start_dht, visible_maddrs
 from hivemind_utils.swarm_state import read_swarm_state
 from template.config import DHTConfig
-from template.localnet import RUN_ID, LocalNet, epochs_done, parse_args
+from template.localnet import RUN_ID, LocalNet, epoch_rows, epochs_done, parse_args
 from template.swarm_summary import build_summary, print_table, save_plot
 
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _watch(swarm: LocalNet, dht, args: argparse.Namespace, started: float) -> bool:
     """Print progress until every honest miner finished `--epochs` epochs; False on failure."""
-    last_line = ""
+    last = None
     while time.monotonic() - started < args.timeout:
         crashed = swarm.crashed()
         if crashed is not None:
@@ -68,12 +68,15 @@ def _watch(swarm: LocalNet, dht, args: argparse.Namespace, started: float) -> bo
             return False
         done = {m: epochs_done(swarm.workdir / "miners" / m) for m in swarm.miners}
         state = read_swarm_state(dht, run_id=RUN_ID, target_batch_size=args.target_batch_size)
-        line = (f"[{time.monotonic() - started:5.0f}s] swarm epoch {state.global_epoch}, "
-                f"{len(state.peers)} peers, samples {state.samples_accumulated}; epochs done "
-                + ", ".join(f"{m}={n}" for m, n in done.items()))
-        if line != last_line:
-            print(line, flush=True)
-            last_line = line
+        here = [p for p in state.peers if p.epoch == state.global_epoch]
+        waiting = sum(p.finished for p in here)
+        status = (f"epoch {state.global_epoch}: {len(state.peers)} peers, "
+                  f"{state.samples_accumulated} samples, {waiting}/{len(here)} waiting for the "
+                  f"round; last loss {_last_loss(swarm)}; epochs done "
+                  + ", ".join(f"{m}={n}" for m, n in done.items()))
+        if status != last:
+            print(f"[{time.monotonic() - started:5.0f}s] {status}", flush=True)
+            last = status
         if all(n >= args.epochs for n in done.values()):
             return _validators_finished(swarm, timeout=60.0)
         time.sleep(1.0)
@@ -81,6 +84,15 @@ def _watch(swarm: LocalNet, dht, args: argparse.Namespace, started: float) -> bo
     for child in swarm.children:
         print(f"--- {child.name} log tail:\n{child.tail(15)}", flush=True)
     return False
+
+
+def _last_loss(swarm: LocalNet) -> str:
+    rows = [row for m in swarm.miners for row in epoch_rows(swarm.workdir / "miners" / m)]
+    if not rows:
+        return "-"
+    newest = max(r["epoch"] for r in rows)
+    losses = [r["loss"] for r in rows if r["epoch"] == newest and r["loss"] is not None]
+    return f"{sum(losses) / len(losses):.3f}" if losses else "-"
 
 
 def _validators_finished(swarm: LocalNet, *, timeout: float) -> bool:

@@ -182,10 +182,14 @@ def parse_args(argv: list[str] | None = None, *, description: str = "") -> argpa
     return args
 
 
-def epochs_done(miner_dir: Path) -> int:
-    """Epochs a miner completed, from the `epochs.jsonl` it appends after each step."""
+def epoch_rows(miner_dir: Path) -> list[dict]:
+    """The lines a miner appended to `epochs.jsonl`, one per completed epoch."""
     path = miner_dir / "epochs.jsonl"
     if not path.exists():
-        return 0
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return max((line["epoch"] for line in lines), default=0)
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def epochs_done(miner_dir: Path) -> int:
+    """Epochs a miner completed."""
+    return max((row["epoch"] for row in epoch_rows(miner_dir)), default=0)

@@ -15,12 +15,7 @@ from typing import Any
 from template.chain.local import LocalChain
 from template.checkpoints import CheckpointError, LocalStore, tag_for
 from template.consensus import consensus_tolerance
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from template.localnet import epoch_rows
 
 
 def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], miners: list[str],
@@ -30,7 +25,7 @@ def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], min
     store = LocalStore(workdir / "checkpoints")
     bindings = chain.peer_bindings()
     uid_of_peer = {peer: uid for uid, peer in bindings.items()}
-    lines = {name: _read_jsonl(workdir / "miners" / name / "epochs.jsonl")
+    lines = {name: epoch_rows(workdir / "miners" / name)
              for name in [*miners, *cheaters]}
     expected = {uids[name] for name in [*miners, *cheaters]}
     out_epochs = []
