@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,8 +28,13 @@ from template.localnet import RUN_ID, LocalNet, epoch_rows, epochs_done, parse_a
 from template.swarm_summary import build_summary, print_table, save_plot
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the run like Ctrl+C: every child is stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, description=__doc__.splitlines()[0])
+    signal.signal(signal.SIGTERM, _interrupt)
     net = LocalNet.prepare(args)
     print(f"workdir {net.workdir}", flush=True)
     dht = start_dht(DHTConfig(), run_id=RUN_ID)

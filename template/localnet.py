@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -26,6 +28,7 @@ from template.transport import free_port
 REPO = Path(__file__).resolve().parents[1]
 RUN_ID = "local-demo"
 VALIDATOR_STAKE = 1000.0
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass
@@ -120,7 +123,8 @@ class LocalNet:
             # A new session per child: stopping it stops the processes it started (p2pd,
             # averager workers) through its process group, and our Ctrl+C is not sent twice.
             proc = subprocess.Popen([sys.executable, str(entry), *flags], stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=die_with_parent)
         child = Child(name, role, proc, log)
         self.children.append(child)
         return child
@@ -138,6 +142,14 @@ class LocalNet:
                 child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             _signal_group(child.proc, signal.SIGKILL)  # helpers of a child that already exited
             child.proc.wait()
+
+
+def die_with_parent() -> None:
+    """In a child before exec: receive SIGTERM when the process that started it dies (Linux
+    `prctl(PR_SET_PDEATHSIG)`), so a launcher killed without cleanup leaves no orphans."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:

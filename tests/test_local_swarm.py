@@ -12,8 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from template.localnet import die_with_parent
 from template.model import fingerprint_distance
 
+# Launcher gives up at 700 s (clean stop, exit 1); the subprocess at 900 s; pytest at 1000 s.
+pytestmark = pytest.mark.timeout(1000)
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--demo_pages", "200", "--seq_len", "64", "--batch_size", "4",
          "--pages_per_epoch", "4", "--matchmaking_time", "4", "--timeout", "700"]
@@ -24,7 +29,8 @@ def run_demo(tmp_path: Path, *flags: str) -> dict:
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "local_swarm.py"), "--workdir", str(tmp_path),
          "--summary", str(summary), *SMALL, *flags],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        preexec_fn=die_with_parent)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert (tmp_path / "initial_peers.txt").read_text().startswith("/ip4/127.0.0.1/")
     assert summary.with_suffix(".png").stat().st_size > 0

@@ -22,7 +22,7 @@ from hivemind_utils.swarm_state import read_swarm_state
 from template.checkpoints import LocalStore
 from template.config import DHTConfig, ModelConfig, OptimConfig
 from template.data import assign_pages, epoch_batches, load_tokenizer, local_source
-from template.localnet import RUN_ID, LocalNet, epochs_done, parse_args
+from template.localnet import RUN_ID, LocalNet, die_with_parent, epochs_done, parse_args
 from template.model import (
     FINGERPRINT_TOLERANCE,
     build_model,
@@ -38,6 +38,8 @@ from template.training import (
     mean_gradient,
 )
 
+# Launcher gives up at 500 s (clean stop, exit 1); the subprocess at 600 s; pytest at 800 s.
+pytestmark = pytest.mark.timeout(800)
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--demo_pages", "200", "--seq_len", "64", "--batch_size", "4",
          "--pages_per_epoch", "2", "--matchmaking_time", "4"]
@@ -48,8 +50,9 @@ def _run_launcher(tmp_path: Path, *extra: str) -> dict:
     summary = tmp_path / "summary.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "local_swarm.py"), "--workdir", str(tmp_path),
-         "--summary", str(summary), *SMALL, *extra],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+         "--summary", str(summary), "--timeout", "500", *SMALL, *extra],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        preexec_fn=die_with_parent)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(summary.read_text())
 
