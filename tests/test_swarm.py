@@ -134,8 +134,12 @@ def test_skipped_step_is_outside_the_tolerance(tmp_path):
 
 
 @pytest.fixture
-def localnet(tmp_path):
-    args = parse_args(["--workdir", str(tmp_path), "--validators", "0", "--epochs", "4",
+def localnet(tmp_path, request):
+    """A prepared devnet of 3 miners (not started) and a bootstrap DHT node in this process;
+    `@pytest.mark.epochs(N)` sets how many epochs each miner runs."""
+    marker = request.node.get_closest_marker("epochs")
+    epochs = marker.args[0] if marker else 4
+    args = parse_args(["--workdir", str(tmp_path), "--validators", "0", "--epochs", str(epochs),
                        "--miners", "3", *SMALL])
     net = LocalNet.prepare(args)
     dht = start_dht(DHTConfig(), run_id=RUN_ID)
@@ -168,15 +172,20 @@ def _last_fingerprints(net: LocalNet, epoch: int) -> dict[str, list[float]]:
     return out
 
 
+@pytest.mark.epochs(10)
 def test_late_joiner_catches_up_and_agrees(localnet):
+    """Two miners run 10 epochs; a third joins after epoch 2 (while they go on), downloads the
+    state of a peer, then takes part in the remaining rounds and agrees with them."""
     net, dht, peers = localnet
     for name in net.miners[:2]:
         net.start_miner(name, peers)
     miners = lambda: [epochs_done(net.workdir / "miners" / m) for m in net.miners]  # noqa: E731
     _wait(lambda: min(miners()[:2]) >= 2, timeout=300, what="two epochs", net=net)
     net.start_miner(net.miners[2], peers)
-    _wait(lambda: min(miners()) >= 4, timeout=300, what="all miners at epoch 4", net=net)
-    fps = _last_fingerprints(net, 4)
+    _wait(lambda: min(miners()) >= 10, timeout=400, what="all miners at epoch 10", net=net)
+    late_rows = (net.workdir / "miners" / net.miners[2] / "epochs.jsonl").read_text()
+    assert late_rows.count("\n") >= 2, "the joiner took part in at least two rounds"
+    fps = _last_fingerprints(net, 10)
     assert len(fps) == 3
     ref = fps[net.miners[0]]
     assert all(fingerprint_distance(fp, ref) < FINGERPRINT_TOLERANCE for fp in fps.values())
