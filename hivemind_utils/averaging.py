@@ -107,6 +107,7 @@ class SwarmAverager(DecentralizedAverager):
     _rpc_handlers = None
     _stub_type = None
     PROTOCOL_NAME = "SwarmAverager"
+    _parent_pid = -1  # hivemind's __del__ reads it: a constructor that raised leaves no process
 
     def __init__(
         self,
