@@ -5,6 +5,10 @@
 Runs each mode in its own subprocess (so peak RSS is the mode's own), same model, batch shape
 and thread count, and prints one JSON line per mode plus the ratios:
 
+Memory is the PSS of the whole process tree at the end of the measured loop (`pss_mb`: shared
+pages split among processes, so the averager's fork does not count the model twice); the main
+process's own peak RSS is printed beside it.
+
 * `bare`: forward + backward per batch (`template.training.accumulate`) on random tokens.
 * `miner`: the miner's between-rounds path, `Miner.train_batches`, which adds per-batch
   gradient sketches, the work ledger and signed DHT progress records; the process also holds
@@ -35,9 +39,20 @@ def _batches(count: int, batch_size: int, seq_len: int) -> list[torch.Tensor]:
     return [torch.randint(0, 50257, (batch_size, seq_len), generator=gen) for _ in range(count)]
 
 
-def _peak_rss_mb(children: list[psutil.Process]) -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return own + sum(c.memory_info().rss for c in children if c.is_running()) / 2**20
+def _memory_mb() -> float:
+    """PSS of this process and its children (the averager's fork, p2pd), in MiB.
+
+    PSS, not RSS: a forked child shares the parent's pages copy-on-write, and summing RSS
+    would count the model twice. Each shared page is split among the processes mapping it.
+    """
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total / 2**20
 
 
 def run_mode(args: argparse.Namespace) -> dict[str, float]:
@@ -48,28 +63,28 @@ def run_mode(args: argparse.Namespace) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     model = build_model(ModelConfig(preset=args.preset), seed=0)
     batches = _batches(args.batches + 1, args.batch_size, args.seq_len)
-    children: list[psutil.Process] = []
     if args.mode == "bare":
         accumulate(model, batches[0])  # warm-up
         started = time.perf_counter()
         for batch in batches[1:]:
             accumulate(model, batch)
         seconds = time.perf_counter() - started
+        memory = _memory_mb()
     else:
         miner, closers = _miner(Config(), model)
-        children = psutil.Process().children(recursive=True)
         miner.train_batches(0, batches[:1])  # warm-up (sketch basis, first DHT store)
         miner.ledger.begin(1, pages=[], fingerprint=[])
         started = time.perf_counter()
         trained = miner.train_batches(1, batches[1:])
         seconds = time.perf_counter() - started
         assert trained == args.batches, trained
-        rss = _peak_rss_mb(children)
+        memory = _memory_mb()
         for close in reversed(closers):
             close()
-        return {"mode": "miner", "tokens_per_second": _tps(args, seconds), "peak_rss_mb": rss}
-    return {"mode": "bare", "tokens_per_second": _tps(args, seconds),
-            "peak_rss_mb": _peak_rss_mb(children)}
+    # Training memory peaks at the end of a backward pass, where both modes stop: the PSS read
+    # there is the peak, without a sampler thread competing with the measured loop.
+    return {"mode": args.mode, "tokens_per_second": _tps(args, seconds), "pss_mb": memory,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _tps(args: argparse.Namespace, seconds: float) -> float:
@@ -128,12 +143,13 @@ def main(argv: list[str] | None = None) -> None:
                                  capture_output=True, text=True, check=True)
             results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {mode: {key: statistics.median(r[key] for r in rows) for key in
-                  ("tokens_per_second", "peak_rss_mb")} for mode, rows in results.items()}
+                  ("tokens_per_second", "pss_mb", "peak_rss_mb")}
+           for mode, rows in results.items()}
     print(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "mode"},
                       "median": med,
                       "throughput_ratio": med["miner"]["tokens_per_second"]
                       / med["bare"]["tokens_per_second"],
-                      "memory_ratio": med["miner"]["peak_rss_mb"] / med["bare"]["peak_rss_mb"]},
+                      "memory_ratio": med["miner"]["pss_mb"] / med["bare"]["pss_mb"]},
                      indent=1))
 
 
