@@ -26,6 +26,7 @@ from template.localnet import RUN_ID, LocalNet, die_with_parent, epochs_done, pa
 from template.model import (
     FINGERPRINT_TOLERANCE,
     build_model,
+    canonical_state,
     fingerprint,
     fingerprint_distance,
     load_state_into,
@@ -58,8 +59,8 @@ def _run_launcher(tmp_path: Path, *extra: str) -> dict:
 
 
 def _stepped(store: LocalStore, epoch: int, grads: list[torch.Tensor], *,
-             lr_scale: float = 1.0) -> list[float]:
-    """Fingerprint of theta_epoch (+ its optimizer state) after one AdamW step with `grads`."""
+             lr_scale: float = 1.0) -> torch.nn.Module:
+    """theta_epoch (with its optimizer state) after one AdamW step with `grads`."""
     model = build_model(ModelConfig(preset="tiny"), seed=0)
     optim_cfg = OptimConfig(lr=LR, warmup_epochs=1)
     optimizer = build_optimizer(model, optim_cfg)
@@ -72,7 +73,7 @@ def _stepped(store: LocalStore, epoch: int, grads: list[torch.Tensor], *,
     outcome = apply_gradients(model, optimizer, lr=lr_scale * learning_rate(epoch, optim_cfg),
                               max_grad_norm=optim_cfg.max_grad_norm)
     assert outcome.applied
-    return fingerprint(model)
+    return model
 
 
 def _miner_gradients(store: LocalStore, epoch: int, uids: list[int], *, pages_per_epoch: int,
@@ -115,11 +116,16 @@ def test_three_miners_agree_and_match_the_reference_step(tmp_path):
         mean = [sum(g[i] * n for g, n in grads.values()) / total
                 for i in range(len(grads[uids[0]][0]))]
         reference = _stepped(store, epoch, mean)
-        assert fingerprint_distance(reference, canonical) < FINGERPRINT_TOLERANCE
+        assert fingerprint_distance(fingerprint(reference), canonical) < FINGERPRINT_TOLERANCE
+        # Full parameters, not only fingerprints: the pushed weights are the reference step's.
+        pushed = store.pull(entry["epoch"]).state_dict
+        for name, value in canonical_state(reference).items():
+            drift = (value - pushed[name]).norm() / value.norm().clamp_min(1e-12)
+            assert drift < 1e-4, (entry["epoch"], name, float(drift))
         # A miner that applied only its own gradient, or another learning rate, is far off.
-        own_only = _stepped(store, epoch, grads[uids[0]][0])
+        own_only = fingerprint(_stepped(store, epoch, grads[uids[0]][0]))
         assert fingerprint_distance(own_only, canonical) > 10 * FINGERPRINT_TOLERANCE
-        double_lr = _stepped(store, epoch, mean, lr_scale=2.0)
+        double_lr = fingerprint(_stepped(store, epoch, mean, lr_scale=2.0))
         assert fingerprint_distance(double_lr, canonical) > 10 * FINGERPRINT_TOLERANCE
     assert summary["epochs"][-1]["loss"] < summary["epochs"][0]["loss"]
 
