@@ -5,9 +5,9 @@
 Runs each mode in its own subprocess (so peak RSS is the mode's own), same model, batch shape
 and thread count, and prints one JSON line per mode plus the ratios:
 
-Memory is the PSS of the whole process tree at the end of the measured loop (`pss_mb`: shared
-pages split among processes, so the averager's fork does not count the model twice); the main
-process's own peak RSS is printed beside it.
+Memory (`memory_mb`) is the main process's peak RSS plus the PSS of its children at the end
+(the averager's fork, the DHT process, p2pd; PSS splits pages shared copy-on-write with the
+parent, which RSS would count twice).
 
 * `bare`: forward + backward per batch (`template.training.accumulate`) on random tokens.
 * `miner`: the miner's between-rounds path, `Miner.train_batches`, which adds per-batch
@@ -39,15 +39,14 @@ def _batches(count: int, batch_size: int, seq_len: int) -> list[torch.Tensor]:
     return [torch.randint(0, 50257, (batch_size, seq_len), generator=gen) for _ in range(count)]
 
 
-def _memory_mb() -> float:
-    """PSS of this process and its children (the averager's fork, p2pd), in MiB.
+def _children_pss_mb() -> float:
+    """PSS of this process's children (the averager's fork, the DHT process, p2pd), in MiB.
 
-    PSS, not RSS: a forked child shares the parent's pages copy-on-write, and summing RSS
-    would count the model twice. Each shared page is split among the processes mapping it.
+    PSS, not RSS: a forked child shares the parent's pages copy-on-write, and summing RSS would
+    count the model twice; PSS splits each shared page among the processes that map it.
     """
-    me = psutil.Process()
     total = 0
-    for proc in [me, *me.children(recursive=True)]:
+    for proc in psutil.Process().children(recursive=True):
         try:
             total += proc.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -69,7 +68,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, float]:
         for batch in batches[1:]:
             accumulate(model, batch)
         seconds = time.perf_counter() - started
-        memory = _memory_mb()
+        children = 0.0
     else:
         miner, closers = _miner(Config(), model)
         miner.train_batches(0, batches[:1])  # warm-up (sketch basis, first DHT store)
@@ -78,13 +77,12 @@ def run_mode(args: argparse.Namespace) -> dict[str, float]:
         trained = miner.train_batches(1, batches[1:])
         seconds = time.perf_counter() - started
         assert trained == args.batches, trained
-        memory = _memory_mb()
+        children = _children_pss_mb()  # their memory is flat: buffers, DHT, p2pd
         for close in reversed(closers):
             close()
-    # Training memory peaks at the end of a backward pass, where both modes stop: the PSS read
-    # there is the peak, without a sampler thread competing with the measured loop.
-    return {"mode": args.mode, "tokens_per_second": _tps(args, seconds), "pss_mb": memory,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"mode": args.mode, "tokens_per_second": _tps(args, seconds), "peak_rss_mb": peak,
+            "children_pss_mb": children, "memory_mb": peak + children}
 
 
 def _tps(args: argparse.Namespace, seconds: float) -> float:
@@ -143,13 +141,13 @@ def main(argv: list[str] | None = None) -> None:
                                  capture_output=True, text=True, check=True)
             results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {mode: {key: statistics.median(r[key] for r in rows) for key in
-                  ("tokens_per_second", "pss_mb", "peak_rss_mb")}
+                  ("tokens_per_second", "peak_rss_mb", "children_pss_mb", "memory_mb")}
            for mode, rows in results.items()}
     print(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "mode"},
                       "median": med,
                       "throughput_ratio": med["miner"]["tokens_per_second"]
                       / med["bare"]["tokens_per_second"],
-                      "memory_ratio": med["miner"]["pss_mb"] / med["bare"]["pss_mb"]},
+                      "memory_ratio": med["miner"]["memory_mb"] / med["bare"]["memory_mb"]},
                      indent=1))
 
 
