@@ -171,7 +171,8 @@ def parse_args(argv: list[str] | None = None, *, description: str = "") -> argpa
     p.add_argument("--summary", default="", help="write the run's JSON summary here")
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--pages_per_epoch", type=int, default=4)
+    p.add_argument("--pages_per_epoch", type=int, default=16,
+                   help="demo pages are short (docstrings): 16 make a few 8 x 128 batches")
     p.add_argument("--target_batch_size", type=int, default=10**6,
                    help="samples per round; the default leaves it to 'every miner done'")
     p.add_argument("--matchmaking_time", type=float, default=5.0)

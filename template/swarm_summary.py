@@ -131,6 +131,7 @@ def save_plot(summary: dict[str, Any], path: Path) -> None:
     points = [(e["epoch"], e["loss"]) for e in summary["epochs"] if e["loss"] is not None]
     if points:
         left.plot(*zip(*points, strict=True), marker="o")
+        left.set_xticks([epoch for epoch, _ in points])
     left.set(title="swarm loss", xlabel="epoch", ylabel="mean training loss")
     uids = list(summary["roles"])
     labels = [summary["cheaters"].get(u, summary["roles"][u]) for u in uids]

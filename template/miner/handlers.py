@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 def answer_train(synapse: Train, work: EpochWork | None, *, peer_id: str,
                  sketch_seed: int) -> Train:
     """Fill a `Train` response with the work of `synapse.epoch` (at most `max_batches`)."""
-    if work is None:
-        synapse.error = f"no work recorded for epoch {synapse.epoch}"
+    if work is None or not work.sketches:
+        synapse.error = f"no batch trained yet in epoch {synapse.epoch}"
         synapse.peer_id = peer_id
         return synapse
     count = min(len(work.sketches), synapse.max_batches)
