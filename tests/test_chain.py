@@ -18,23 +18,18 @@ from template.chain.base import Commitment
 from template.chain.consensus import incentive, stake_weighted_quantile
 from template.chain.local import LocalChain
 from template.chain.subtensor import BittensorChain
+from template.chain.wallets import create_wallet
 from template.config import Config, LocalChainConfig
 
 PEER_A = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
 PEER_B = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
 
 
-def make_wallet(path, name: str) -> bt.Wallet:
-    wallet = bt.Wallet(name=name, hotkey="default", path=str(path))
-    wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
-    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
-    return wallet
-
 
 @pytest.fixture(scope="module")
 def wallets(tmp_path_factory):
     path = tmp_path_factory.mktemp("wallets")
-    return {name: make_wallet(path, name) for name in ("m0", "m1", "m2", "v0", "v1", "x")}
+    return {name: create_wallet(path, name) for name in ("m0", "m1", "m2", "v0", "v1", "x")}
 
 
 def new_chain(tmp_path, **kwargs) -> LocalChain:
@@ -207,7 +202,7 @@ def test_several_processes_share_one_chain_consistently(tmp_path):
     LocalChain(path, weights_rate_limit=0)  # genesis
     names = [f"n{i}" for i in range(8)]
     for name in names:
-        make_wallet(tmp_path, name)
+        create_wallet(tmp_path, name)
     validators = {"n6", "n7"}
     ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_worker, args=(path, str(tmp_path), n, n in validators, 8))

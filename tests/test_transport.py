@@ -16,6 +16,7 @@ from aiohttp import web
 from template import protocol as P
 from template.chain.base import Metagraph, NeuronInfo
 from template.chain.local import LocalChain
+from template.chain.wallets import create_wallet
 from template.protocol import Reason
 from template.transport import (
     MetagraphCache,
@@ -59,12 +60,6 @@ async def alive_handler(synapse: P.IsAlive) -> P.IsAlive:
 HANDLERS = {P.Train: train_handler, P.AllReduce: allreduce_handler, P.IsAlive: alive_handler}
 
 
-def make_wallet(path, name: str) -> bt.Wallet:
-    wallet = bt.Wallet(name=name, hotkey="default", path=str(path))
-    wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
-    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
-    return wallet
-
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
@@ -72,7 +67,7 @@ def net(tmp_path_factory):
     an unregistered wallet."""
     path = tmp_path_factory.mktemp("transport")
     chain = LocalChain(path / "chain.sqlite")
-    wallets = {n: make_wallet(path, n) for n in ("miner", "validator", "other", "stranger")}
+    wallets = {n: create_wallet(path, n) for n in ("miner", "validator", "other", "stranger")}
     for name in ("miner", "validator", "other"):
         chain.register(wallets[name])
     chain.add_stake(wallets["validator"].hotkey.ss58_address, 100)

@@ -12,7 +12,6 @@ import asyncio
 import functools
 import time
 
-import bittensor as bt
 import pytest
 import torch
 
@@ -21,6 +20,7 @@ from hivemind_utils.dht import start_dht, visible_maddrs
 from hivemind_utils.round_stats import AveragingResult, SenderStats
 from hivemind_utils.swarm_state import PeerProgress, SwarmState
 from template.chain.local import LocalChain
+from template.chain.wallets import create_wallet
 from template.config import AveragingConfig, DHTConfig
 from template.consensus import HONEST_SPREAD, consensus_tolerance
 from template.model import fingerprint
@@ -126,12 +126,6 @@ FAST = AveragingConfig(matchmaking_time=2.0, request_timeout=1.0, min_group_size
 WEIGHTS = [8.0, 16.0, 8.0]
 
 
-def _wallet(path, name):
-    wallet = bt.Wallet(name=name, hotkey="default", path=str(path))
-    wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
-    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
-    return wallet
-
 
 def _as_state(tensors):
     return {f"t{i}": t.clone() for i, t in enumerate(tensors)}
@@ -171,7 +165,7 @@ def swarm(tmp_path_factory):
                         auxiliary=True, params=[torch.empty(s, device="meta") for s in SHAPES])
     chain = LocalChain(tmp / "chain.sqlite")
     names = ["honest-a", "honest-b", "liar", "no-show", "validator"]
-    wallets = {n: _wallet(tmp, n) for n in names}
+    wallets = {n: create_wallet(tmp, n) for n in names}
     uids = {n: chain.register(wallets[n]) for n in names}
     chain.add_stake(wallets["validator"].hotkey.ss58_address, 100)
     cache = MetagraphCache(chain, refresh_interval=0.5)

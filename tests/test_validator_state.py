@@ -8,10 +8,10 @@ import os
 import signal
 import time
 
-import bittensor as bt
 import pytest
 
 from template.chain.local import LocalChain
+from template.chain.wallets import create_wallet
 from template.config import parse_config
 from template.data import ensure_demo_shards
 from template.validator.epoch import EpochRecord, TrainResult
@@ -78,12 +78,6 @@ def test_weights_rules():
 # ------------------------------------------------------------------ the Validator object
 
 
-def _wallet(path, name):
-    wallet = bt.Wallet(name=name, hotkey="default", path=str(path))
-    wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
-    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
-    return wallet
-
 
 @pytest.fixture
 def setup(tmp_path):
@@ -97,8 +91,8 @@ def setup(tmp_path):
              "--validator.poll_interval", "0.1"]
     cfg = parse_config(flags)
     chain = LocalChain(cfg.localchain.path, block_time=0.5, weights_rate_limit=60)
-    validator = _wallet(tmp_path / "wallets", "validator")
-    miners = [_wallet(tmp_path / "wallets", f"miner{i}") for i in range(2)]
+    validator = create_wallet(tmp_path / "wallets", "validator")
+    miners = [create_wallet(tmp_path / "wallets", f"miner{i}") for i in range(2)]
     chain.register(validator)
     uids = [chain.register(m) for m in miners]
     chain.add_stake(validator.hotkey.ss58_address, 100)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import random
 
-import bittensor as bt
 import pytest
 import torch
 
 from template.chain.local import LocalChain
+from template.chain.wallets import create_wallet
 from template.config import ModelConfig
 from template.data import assign_pages, ensure_demo_shards, epoch_batches, load_tokenizer
 from template.data.sources import local_source
@@ -34,12 +34,6 @@ PEERS = ["QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
          "QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
          "QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb"]
 
-
-def _wallet(path, name):
-    wallet = bt.Wallet(name=name, hotkey="default", path=str(path))
-    wallet.create_new_coldkey(use_password=False, overwrite=True, suppress=True)
-    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
-    return wallet
 
 
 def _honest_work(uid, *, model, source, tokenizer, seed, lazy=False):
@@ -82,7 +76,7 @@ def net(tmp_path_factory):
     seed, fp = sketch_seed(RUN, EPOCH), fingerprint(model)
     chain = LocalChain(tmp / "chain.sqlite", weights_rate_limit=0)
     names = ["honest", "lazy", "slow", "garbage", "validator"]
-    wallets = {n: _wallet(tmp, n) for n in names}
+    wallets = {n: create_wallet(tmp, n) for n in names}
     uids = {n: chain.register(wallets[n]) for n in names}
     chain.add_stake(wallets["validator"].hotkey.ss58_address, 100)
     cache = MetagraphCache(chain, refresh_interval=0.5)

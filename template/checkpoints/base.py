@@ -184,7 +184,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -213,7 +213,7 @@ def write_checkpoint(directory: Path, epoch: int, model: torch.nn.Module, tokeni
     for path in sorted(directory.iterdir()):
         if not path.is_file() or not _SAFE_NAME.match(path.name):
             raise CheckpointError(f"unexpected entry {path.name!r} written into the checkpoint")
-        _fsync(path)
+        fsync_path(path)
         files[path.name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     manifest = {
         "format": FORMAT_VERSION,
@@ -229,8 +229,8 @@ def write_checkpoint(directory: Path, epoch: int, model: torch.nn.Module, tokeni
         "metadata": metadata_json,
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    _fsync(directory / MANIFEST)
-    _fsync(directory)
+    fsync_path(directory / MANIFEST)
+    fsync_path(directory)
     return manifest
 
 

@@ -27,6 +27,7 @@ from template.checkpoints.base import (
     CheckpointError,
     CheckpointStore,
     MissingCheckpointError,
+    fsync_path,
     parse_manifest,
     read_checkpoint,
     sort_tags,
@@ -93,7 +94,7 @@ class LocalStore(CheckpointStore):
                     raise
                 # Another process published the same tag between our check and our rename.
                 return self._same_or_conflict(tag, manifest["parameter_hash"])
-            _fsync_dir(self.root)
+            fsync_path(self.root)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -121,11 +122,3 @@ class LocalStore(CheckpointStore):
             raise MissingCheckpointError(
                 f"no checkpoint {tag} in {self.root} (have: {', '.join(have[-5:]) or 'none'})")
         return read_checkpoint(directory, epoch)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
