@@ -117,11 +117,15 @@ def test_three_miners_agree_and_match_the_reference_step(tmp_path):
                 for i in range(len(grads[uids[0]][0]))]
         reference = _stepped(store, epoch, mean)
         assert fingerprint_distance(fingerprint(reference), canonical) < FINGERPRINT_TOLERANCE
-        # Full parameters, not only fingerprints: the pushed weights are the reference step's.
+        # Full parameters, not only fingerprints: the pushed weights are the reference step's,
+        # up to the test's other thread count (ulp noise that AdamW's first steps, about
+        # lr * sign(g), can turn into a 2 lr difference on entries whose gradient is ~0).
         pushed = store.pull(entry["epoch"]).state_dict
-        for name, value in canonical_state(reference).items():
-            drift = (value - pushed[name]).norm() / value.norm().clamp_min(1e-12)
-            assert drift < 1e-4, (entry["epoch"], name, float(drift))
+        ours = canonical_state(reference)
+        diff = torch.cat([(ours[n] - pushed[n]).flatten() for n in ours])
+        whole = torch.cat([pushed[n].flatten() for n in ours])
+        assert diff.norm() / whole.norm() < FINGERPRINT_TOLERANCE, float(diff.norm())
+        assert diff.abs().max() <= 2 * LR * 1.01, float(diff.abs().max())
         # A miner that applied only its own gradient, or another learning rate, is far off.
         own_only = fingerprint(_stepped(store, epoch, grads[uids[0]][0]))
         assert fingerprint_distance(own_only, canonical) > 10 * FINGERPRINT_TOLERANCE

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import random
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -138,18 +139,28 @@ class SlowLink(Adversary):
         return ThrottledCompression(bytes_per_second=SLOW_LINK_BYTES_PER_SECOND)
 
 
-SLOW_LINK_BYTES_PER_SECOND = 2_000_000  # ~16 Mbit/s: well below loopback, within timeouts
+SLOW_LINK_BYTES_PER_SECOND = 1_000_000  # 8 Mbit/s in total: far below loopback, within timeouts
 
 
 class ThrottledCompression(NoCompression):
-    """No compression, but every outgoing part waits as if sent over a slow link."""
+    """No compression, but everything this peer sends shares one slow link.
+
+    hivemind compresses the parts for each groupmate in parallel threads, so a per-call delay
+    would slow nothing down; a shared schedule (a token bucket of one sender) caps the total.
+    """
 
     def __init__(self, *, bytes_per_second: float):
         super().__init__()
         self.bytes_per_second = bytes_per_second
+        self._lock = threading.Lock()
+        self._link_free_at = 0.0
 
     def compress(self, tensor: torch.Tensor, info: object, allow_inplace: bool = False):  # type: ignore[override]
-        time.sleep(tensor.numel() * tensor.element_size() / self.bytes_per_second)
+        seconds = tensor.numel() * tensor.element_size() / self.bytes_per_second
+        with self._lock:
+            done_at = max(time.monotonic(), self._link_free_at) + seconds
+            self._link_free_at = done_at
+        time.sleep(max(0.0, done_at - time.monotonic()))
         return super().compress(tensor, info, allow_inplace)
 
 

@@ -82,21 +82,25 @@ def _finite_unit(value: float) -> float:
 def gradient_score(
     agreements: Sequence[SketchAgreement], *, min_cosine: float, min_norm_ratio: float
 ) -> float:
-    """Fraction of the checks (per-batch and difference) that pass both thresholds.
+    """1 when every check (per-batch and difference) passes both thresholds, else 0.
 
-    0 when nothing was checked, and 0 when any check holds a non-finite number (a claim that
-    could not be compared is already reported as cosine -1, ratio 0, so this only guards
-    against agreements built elsewhere).
+    All or nothing, on purpose: passing some checks and failing others is the signature of
+    partial work (a lazy miner passes exactly the batches it trained and fails the rest), while
+    an honest miner passes every check by a wide margin (cosine >= 0.9999 measured against a
+    0.98 threshold, docs/validator.md), so partial credit would only ever pay cheaters. 0 when
+    nothing was checked, and 0 when any check holds a non-finite number (a claim that could not
+    be compared is already reported as cosine -1, ratio 0; this guards agreements built
+    elsewhere).
     """
     if not agreements:
         return 0.0
     for a in agreements:
         if not (math.isfinite(a.cosine) and math.isfinite(a.norm_ratio)):
             return 0.0
-    passed = sum(
+    passed = all(
         a.passes(min_cosine=min_cosine, min_norm_ratio=min_norm_ratio) for a in agreements
     )
-    return passed / len(agreements)
+    return 1.0 if passed else 0.0
 
 
 # -------------------------------------------------------------------------- steps
