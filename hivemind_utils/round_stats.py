@@ -40,6 +40,11 @@ class SenderStats:
     """Averaging weight the sender declared (self-reported: samples it claims)."""
     banned: bool
     """The runner dropped this sender (stalled past the sender timeout, or broke its stream)."""
+    lag: float = 0.0
+    """Mean seconds this sender's part k arrived after the first sender's part k. A reducer
+    answers part k only once every sender delivered it, so in a butterfly all-reduce everyone
+    streams at the pace of the slowest member: throughput alone cannot tell who held the group
+    back, lag does (honest senders ~0, the straggler all the waiting)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class _Flow:
     opened: float = field(default_factory=time.perf_counter)
     last: float = 0.0
     weight: float = 0.0
+    arrivals: list[float] = field(default_factory=list)  # time of each part, in order
 
 
 @dataclass
@@ -102,9 +108,19 @@ async def _count(stream: AsyncIterator[Any], flow: _Flow) -> AsyncIterator[Any]:
         flow.bytes += message.ByteSize()
         flow.parts += 1
         flow.last = time.perf_counter()
+        flow.arrivals.append(flow.last)
         if getattr(message, "weight", 0.0):
             flow.weight = float(message.weight)
         yield message
+
+
+def _lags(incoming: dict[str, _Flow]) -> dict[str, float]:
+    """Per sender, the mean delay of its part k behind the earliest sender's part k."""
+    depth = max((len(f.arrivals) for f in incoming.values()), default=0)
+    firsts = [min(f.arrivals[k] for f in incoming.values() if len(f.arrivals) > k)
+              for k in range(depth)]
+    return {peer: sum(t - firsts[k] for k, t in enumerate(f.arrivals)) / len(f.arrivals)
+            for peer, f in incoming.items() if f.arrivals}
 
 
 class _TappedStub:
@@ -228,12 +244,13 @@ def _with_runner_state(result: AveragingResult, runner: AllReduceRunner, flows: 
         and me not in result.auxiliaries
     )
     senders = {}
+    lags = _lags(flows.incoming)
     for peer, flow in flows.incoming.items():
         seconds = max(0.0, flow.last - flow.opened) if flow.parts else 0.0
         senders[peer] = SenderStats(
             bytes=flow.bytes, parts=flow.parts, seconds=seconds,
             throughput=flow.bytes / seconds if seconds > 0 else 0.0,
-            weight=flow.weight, banned=peer in banned,
+            weight=flow.weight, banned=peer in banned, lag=lags.get(peer, 0.0),
         )
     for peer in banned - set(senders):
         senders[peer] = SenderStats(0, 0, 0.0, 0.0, 0.0, True)

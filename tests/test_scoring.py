@@ -237,3 +237,12 @@ def test_stragglers_are_slow_observed_peers_only():
     scores = round_scores(gradient={1: 1.0, 4: 1.0}, steps={1: 1.0, 4: 1.0},
                           bandwidth={1: 0.5, 4: 0.03}, drift={}, tolerance=1e-4, slow={4})
     assert scores[4] == 0.0 and scores[1] > 0
+
+
+def test_stragglers_by_lag_when_the_group_streams_at_one_pace():
+    """Every sender is paced by the slowest (similar throughput); lag names the slow one."""
+    paced = {u: PeerTransfer(bytes_received=4_000_000, seconds=10.0, lag=0.01) for u in (1, 2, 3)}
+    paced[4] = PeerTransfer(bytes_received=4_000_000, seconds=11.0, lag=4.0)
+    assert stragglers(paced, [1, 2, 3, 4]) == {4}
+    calm = {u: PeerTransfer(bytes_received=4_000_000, seconds=1.0, lag=0.2) for u in (1, 2, 3)}
+    assert stragglers(calm, [1, 2, 3]) == set()  # under the 0.5 s floor: nobody waited long

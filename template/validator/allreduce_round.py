@@ -208,7 +208,8 @@ def observed_transfers(aux: AveragingResult | None, bindings: Mapping[int, str],
             out[uid] = None
             continue
         out[uid] = PeerTransfer(bytes_received=int(stats.bytes), seconds=float(stats.seconds),
-                                failed=peer in failed, banned=bool(stats.banned))
+                                failed=peer in failed, banned=bool(stats.banned),
+                                lag=float(stats.lag))
     return out
 
 

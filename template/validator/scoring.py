@@ -29,6 +29,11 @@ STRAGGLER_FRACTION = 0.1
 """A participant whose observed throughput is below this fraction of the round's median is a
 straggler: the butterfly all-reduce finishes only when its slowest member does, so a link ten
 times slower than the swarm's typical one costs every peer the time; it earns 0 for the round."""
+STRAGGLER_LAG_FACTOR = 5.0
+STRAGGLER_LAG_FLOOR = 0.5
+"""A participant whose parts arrived on average over 5x the round's median lag, and over half a
+second, behind the first sender's same parts is the one the round waited for (see
+:func:`stragglers`)."""
 """Throughput above this multiple of the round's median earns nothing more: a peer on a fat
 link cannot take the whole bandwidth share, and one lucky timing cannot dominate."""
 MIN_SECONDS = 1e-3
@@ -67,6 +72,9 @@ class PeerTransfer:
     seconds: float
     failed: bool = False
     banned: bool = False
+    lag: float = 0.0
+    """Mean seconds its parts arrived after the first sender's same part (who the group waited
+    for: see ``hivemind_utils.round_stats.SenderStats.lag``)."""
 
 
 def _finite_unit(value: float) -> float:
@@ -164,18 +172,26 @@ def stragglers(
     participants: Iterable[int],
     *,
     fraction: float = STRAGGLER_FRACTION,
+    lag_factor: float = STRAGGLER_LAG_FACTOR,
+    lag_floor: float = STRAGGLER_LAG_FLOOR,
 ) -> set[int]:
-    """Participants heard from (positive throughput) at less than ``fraction`` of the median.
+    """Participants that held the round back.
 
-    Peers the validator did not hear from are not stragglers: their part may simply have gone
-    to another reducer (the validator reduces only its own shard).
+    Two signs, either suffices: an observed throughput under ``fraction`` of the median, or a
+    mean lag (seconds its parts arrived after the first sender's same part) over
+    ``lag_factor`` times the median lag and over ``lag_floor`` seconds. The lag is what shows a
+    slow link: a reducer answers part k only when every sender delivered it, so all senders
+    stream at the slowest one's pace and throughputs look alike. Peers the validator did not
+    hear from are not judged (their parts may have gone to other reducers).
     """
-    rates = {uid: throughput(observed.get(uid)) for uid in participants}
-    positive = [r for r in rates.values() if r > 0]
-    if not positive:
+    heard = {uid: observed.get(uid) for uid in participants}
+    heard = {uid: t for uid, t in heard.items() if t is not None and throughput(t) > 0}
+    if not heard:
         return set()
-    cutoff = fraction * statistics.median(positive)
-    return {uid for uid, r in rates.items() if 0 < r < cutoff}
+    cutoff = fraction * statistics.median(throughput(t) for t in heard.values())
+    median_lag = statistics.median(t.lag for t in heard.values())
+    lag_cutoff = max(lag_floor, lag_factor * median_lag)
+    return {uid for uid, t in heard.items() if throughput(t) < cutoff or t.lag > lag_cutoff}
 
 
 # -------------------------------------------------------------------------- combine

@@ -52,7 +52,7 @@ from template.validator.allreduce_round import (
 )
 from template.validator.epoch import EpochRecord, epoch_components, epoch_scores
 from template.validator.reference import ReferenceModel, wait_for_checkpoint
-from template.validator.scoring import ema_update
+from template.validator.scoring import ema_update, throughput
 from template.validator.state import ValidatorState, forget_replaced, load_state, save_state
 from template.validator.train_round import TrainContext, sample_uids, train_round
 from template.validator.verify import TrainVerdict, VerifyThresholds
@@ -301,9 +301,11 @@ class Validator:
                              transfers=outcome.transfers, drift=outcome.drift,
                              observed=outcome.observed,
                              consensus_checked=outcome.consensus_checked)
-        logger.info("AllReduce epoch %d: completed %s, failed %s, reference %s",
-                    record.epoch, list(outcome.completed),
-                    {u: str(r) for u, r in outcome.failures.items()}, outcome.reference)
+        logger.info("AllReduce epoch %d: completed %s, failed %s, reference %s, observed "
+                    "(MB/s, lag s) %s", record.epoch, list(outcome.completed),
+                    {u: str(r) for u, r in outcome.failures.items()}, outcome.reference,
+                    {u: (round(throughput(t) / 1e6, 2), round(t.lag, 2)) for u, t in
+                     outcome.transfers.items() if t is not None})
         if outcome.completed:
             found = checkpoint.get("found")
             if found is not None and outcome.reference == "canonical":
