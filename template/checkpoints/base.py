@@ -185,6 +185,7 @@ def sha256_file(path: Path) -> str:
 
 
 def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (so a rename into it survives a crash), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from template.checkpoints.base import fsync_path
 from template.validator.epoch import EpochRecord
 
 logger = logging.getLogger(__name__)
@@ -110,11 +111,7 @@ def save_state(state: ValidatorState, path: str | os.PathLike[str]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(target.parent)  # make the rename itself durable
 
 
 def load_state(path: str | os.PathLike[str]) -> ValidatorState:
