@@ -192,10 +192,13 @@ def test_late_joiner_catches_up_and_agrees(localnet):
     miners = lambda: [epochs_done(net.workdir / "miners" / m) for m in net.miners]  # noqa: E731
     _wait(lambda: min(miners()[:2]) >= 2, timeout=300, what="two epochs", net=net)
     net.start_miner(net.miners[2], peers)
-    _wait(lambda: min(miners()) >= 10, timeout=400, what="all miners at epoch 10", net=net)
+    _wait(lambda: min(miners()[:2]) >= 10, timeout=400, what="miners at epoch 10", net=net)
+    # The joiner may miss the very last round (the others stop after it), not the ones before.
+    _wait(lambda: miners()[2] >= 9, timeout=60, what="the joiner at epoch 9", net=net)
+    last = miners()[2]
     late_rows = (net.workdir / "miners" / net.miners[2] / "epochs.jsonl").read_text()
     assert late_rows.count("\n") >= 2, "the joiner took part in at least two rounds"
-    fps = _last_fingerprints(net, 10)
+    fps = _last_fingerprints(net, last)
     assert len(fps) == 3
     ref = fps[net.miners[0]]
     assert all(fingerprint_distance(fp, ref) < FINGERPRINT_TOLERANCE for fp in fps.values())
