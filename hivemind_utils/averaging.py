@@ -68,6 +68,21 @@ def averager_prefix(run_id: str) -> str:
     return f"{run_id}_grad_averager"
 
 
+EPOCH_BITS = 32
+
+
+def epoch_group_bits(epoch: int) -> str:
+    """The group-key bits of ``epoch``'s round: peers only match with peers of the same epoch.
+
+    hivemind's matchmaking key is ``{prefix}.0b{group_bits}``. Without the epoch in it, a miner
+    still finishing epoch ``e`` and one already at ``e+1`` can land in one group and average
+    gradients taken at different weights (the behind one then steps to weights nobody else has).
+    """
+    if not 0 <= epoch < 2**EPOCH_BITS:
+        raise ValueError(f"epoch {epoch} out of range for the group key")
+    return format(epoch, f"0{EPOCH_BITS}b")
+
+
 class RoundFailed(Exception):
     """The all-reduce of a formed group failed; carries what was recorded before it did."""
 
@@ -207,7 +222,7 @@ class SwarmAverager(DecentralizedAverager):
     # ------------------------------------------------------------------ one round
 
     def average(self, *, weight: float = 1.0, timeout: float | None = None,
-                gather: Any = None) -> AveragingResult:
+                gather: Any = None, epoch: int | None = None) -> AveragingResult:
         """Find a group and run one all-reduce of the buffers, in place; never raises on failure.
 
         :param weight: this peer's share of the mean (samples accumulated); ignored (0) when
@@ -215,10 +230,14 @@ class SwarmAverager(DecentralizedAverager):
         :param timeout: give up *looking for a group* after this many seconds; the all-reduce
           itself is then bounded by ``--averaging.allreduce_timeout``.
         :param gather: small picklable value sent to every groupmate (``result.gathered``).
+        :param epoch: match only with peers averaging the same epoch (:func:`epoch_group_bits`);
+          None keeps the current key (benchmarks, single-epoch tests).
         """
         if not self.is_auxiliary and not weight > 0:
             raise ValueError(f"weight must be > 0 for a contributing peer, got {weight}")
         started = time.perf_counter()
+        if epoch is not None:
+            self.set_group_bits(epoch_group_bits(epoch))
         try:
             out = self._wait(self.step(weight=None if self.is_auxiliary else float(weight),
                                        timeout=timeout, gather=gather, wait=False), timeout)
@@ -284,4 +303,4 @@ def _runner_of(future: "asyncio.Future[Any] | None") -> Any:
 
 
 __all__ = ["SwarmAverager", "AveragingResult", "RoundFailed", "make_compression",
-           "averager_prefix"]
+           "averager_prefix", "epoch_group_bits"]

@@ -67,6 +67,21 @@ def should_start_round(state: SwarmState) -> bool:
     return state.samples_accumulated >= state.target_batch_size
 
 
+def epoch_work_done(state: SwarmState, *, min_peers: int, waited: float,
+                    straggler_wait: float) -> bool:
+    """Every live peer finished the global epoch's local work: the round need not wait longer.
+
+    At least ``min_peers`` peers must be at the global epoch, all finished. A live peer still at
+    an earlier epoch (stepping, pushing the checkpoint, loading state) is about to arrive and
+    would miss a round started now, so it is waited for, but for ``straggler_wait`` seconds at
+    most (``waited``: how long the caller has been ready), so a stuck peer cannot stall the swarm.
+    """
+    here = [p for p in state.peers if p.epoch == state.global_epoch]
+    if len(here) < min_peers or not all(p.finished for p in here):
+        return False
+    return len(here) == len(state.peers) or waited >= straggler_wait
+
+
 def read_swarm_state(dht: hivemind.DHT, *, run_id: str, target_batch_size: int) -> SwarmState:
     """Every peer's latest valid, unexpired record for ``run_id``, as a :class:`SwarmState`."""
     found = dht.get(progress_key(run_id), latest=True)

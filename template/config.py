@@ -281,6 +281,10 @@ class AveragingConfig:
     round_wait: float = 120.0
     """Seconds a miner that finished its epoch waits for a round before checking whether the
     swarm moved on without it (it then reloads the latest checkpoint)."""
+    straggler_wait: float = 30.0
+    """Seconds a swarm whose peers all finished the epoch waits for a live peer still at an
+    earlier epoch (stepping, pushing the checkpoint, loading state) before averaging without
+    it. Raise it if a slow pusher keeps missing rounds; lower it if a stuck peer stalls rounds."""
 
     def __post_init__(self) -> None:
         _check(self.target_batch_size >= 1, "--averaging.target_batch_size", "must be >= 1")
@@ -298,6 +302,7 @@ class AveragingConfig:
         _check(self.matchmaking_time > 0, "--averaging.matchmaking_time", "must be > 0")
         _check(self.allreduce_timeout > 0, "--averaging.allreduce_timeout", "must be > 0")
         _check(self.request_timeout > 0, "--averaging.request_timeout", "must be > 0")
+        _check(self.straggler_wait >= 0, "--averaging.straggler_wait", "must be >= 0")
         _check(
             self.request_timeout < self.matchmaking_time,
             "--averaging.request_timeout",

@@ -17,7 +17,7 @@ import torch
 from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
 
-from hivemind_utils.averaging import SwarmAverager
+from hivemind_utils.averaging import SwarmAverager, epoch_group_bits
 from hivemind_utils.dht import start_dht, visible_maddrs
 from template.config import AveragingConfig, DHTConfig
 
@@ -173,6 +173,30 @@ def test_gradients_go_in_and_out_through_cpu_buffers(dhts):
             avg.average(weight=0.0)
     finally:
         avg.shutdown()
+
+
+def test_peers_only_group_with_peers_of_the_same_epoch(dhts):
+    """Two peers at epoch 4 and two at epoch 5 average at the same time: two groups, each with
+    the mean of its own epoch (never a mix of gradients taken at different weights)."""
+    values = [[torch.full(s, float(i)) for s in SHAPES] for i in range(4)]
+    epochs = [4, 5, 4, 5]
+    avgs = [SwarmAverager(dht=d, run_id="ep", cfg=FAST, part_size_bytes=PART,
+                          tensors=[v.clone() for v in vals])
+            for d, vals in zip(dhts, values, strict=True)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(a.average, weight=1.0, timeout=20.0, epoch=e)
+                       for a, e in zip(avgs, epochs, strict=True)]
+            results = [f.result() for f in futures]
+        assert all(r.ok and len(r.participants) == 2 for r in results), [r.error for r in results]
+        for avg, epoch in zip(avgs, epochs, strict=True):
+            expected = 1.0 if epoch == 4 else 2.0  # mean of peers (0, 2) and of peers (1, 3)
+            with avg.get_tensors() as got:
+                assert all(torch.allclose(g, torch.full_like(g, expected)) for g in got)
+    finally:
+        _shutdown(avgs)
+    with pytest.raises(ValueError, match="out of range"):
+        epoch_group_bits(-1)
 
 
 def test_bad_combinations_are_refused():

@@ -59,6 +59,11 @@ def test_trigger_waits_for_the_target_batch_or_a_stalled_swarm():
     done = SwarmState(global_epoch=3, target_batch_size=640, samples_accumulated=70,
                       peers=[_peer(P[0], 3, 40, True), _peer(P[1], 3, 30, True)])
     assert ready_for_round(done, min_peers=2, idle_seconds=0, patience=60)  # all finished
+    # ... but a live peer one epoch behind (still stepping or pushing) is waited for, a while
+    late = SwarmState(global_epoch=3, target_batch_size=640, samples_accumulated=70,
+                      peers=[*done.peers, _peer(P[2], 2, 16, True)])
+    assert not ready_for_round(late, min_peers=2, idle_seconds=5, patience=60, straggler_wait=30)
+    assert ready_for_round(late, min_peers=2, idle_seconds=31, patience=60, straggler_wait=30)
     # participants: bound, live at the global epoch, serving
     bindings = {0: P[0], 1: P[1], 2: P[2], 3: P[3]}
     assert live_participants(state, bindings, serving=[0, 1, 2, 3]) == [0, 1]

@@ -141,7 +141,7 @@ class Miner:
             desk=self.desk, epoch=epoch, min_peers=avg.min_group_size, poll_interval=0.5,
             read_state=self.swarm_state, self_trigger=avg.trigger == "swarm",
             heartbeat=lambda: self._heartbeat(epoch),
-            timeout=avg.round_wait, stop=self.stop,
+            timeout=avg.round_wait, stop=self.stop, straggler_wait=avg.straggler_wait,
         )
 
     def average_and_step(self, epoch: int, request: RoundRequest) -> RoundReport:
@@ -157,7 +157,7 @@ class Miner:
         params = list(self.model.parameters())
         self.averager.load_gradients(params)
         avg = self.cfg.averaging
-        result = self.averager.average(weight=work.samples,
+        result = self.averager.average(weight=work.samples, epoch=epoch,
                                        timeout=avg.matchmaking_time + avg.request_timeout)
         if not result.complete:
             logger.warning("epoch %d round %s failed: %s", epoch, request.round_id,

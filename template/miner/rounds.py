@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from hivemind_utils.swarm_state import SwarmState, should_start_round
+from hivemind_utils.swarm_state import SwarmState, epoch_work_done, should_start_round
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,10 @@ class RoundDesk:
             return None
 
 
-def swarm_ready(state: SwarmState, *, epoch: int, min_peers: int) -> bool:
-    """The self-trigger: the swarm reached the target batch, or every live peer of `epoch` is done.
+def swarm_ready(state: SwarmState, *, epoch: int, min_peers: int, waited: float = 0.0,
+                straggler_wait: float = 30.0) -> bool:
+    """The self-trigger: the swarm reached the target batch, or every live peer is done with
+    `epoch` (:func:`~hivemind_utils.swarm_state.epoch_work_done`; `waited` seconds so far).
 
     The second clause keeps a small swarm from waiting forever on a target batch it cannot reach
     (it needs at least `min_peers` finished peers, `--averaging.min_group_size`). This is the
@@ -77,10 +79,8 @@ def swarm_ready(state: SwarmState, *, epoch: int, min_peers: int) -> bool:
     """
     if state.global_epoch != epoch:
         return False
-    if should_start_round(state):
-        return True
-    here = [p for p in state.peers if p.epoch == epoch]
-    return len(here) >= min_peers and all(p.finished for p in here)
+    return should_start_round(state) or epoch_work_done(
+        state, min_peers=min_peers, waited=waited, straggler_wait=straggler_wait)
 
 
 def wait_for_round(
@@ -94,6 +94,7 @@ def wait_for_round(
     poll_interval: float,
     timeout: float,
     stop: threading.Event,
+    straggler_wait: float = 30.0,
 ) -> RoundRequest | None:
     """Block until a round for `epoch` should start; ``None`` on timeout, on stop, or as soon
     as the swarm is past `epoch` (the caller then catches up).
@@ -103,7 +104,8 @@ def wait_for_round(
     answered at once with a failure naming both epochs. `heartbeat` is called every poll
     (it keeps this miner's progress record alive while it waits).
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while not stop.is_set() and time.monotonic() < deadline:
         request = desk.take(timeout=poll_interval)
         if request is not None:
@@ -116,6 +118,8 @@ def wait_for_round(
         state = read_state()
         if state.global_epoch > epoch:
             return None
-        if self_trigger and swarm_ready(state, epoch=epoch, min_peers=min_peers):
+        if self_trigger and swarm_ready(state, epoch=epoch, min_peers=min_peers,
+                                        waited=time.monotonic() - started,
+                                        straggler_wait=straggler_wait):
             return RoundRequest(epoch=epoch, round_id=f"swarm-{epoch}")
     return None

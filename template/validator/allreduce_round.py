@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import bittensor as bt
 
 from hivemind_utils.round_stats import AveragingResult
-from hivemind_utils.swarm_state import SwarmState
+from hivemind_utils.swarm_state import SwarmState, epoch_work_done
 from template.config import AveragingConfig
 from template.consensus import checkpoint_pusher
 from template.model import fingerprint_distance
@@ -60,20 +60,23 @@ the miner first finishes its current batch, then matchmakes, averages, steps and
 
 
 def ready_for_round(state: SwarmState, *, min_peers: int, idle_seconds: float,
-                    patience: float) -> bool:
+                    patience: float, straggler_wait: float = 30.0) -> bool:
     """Whether to start the round of ``state.global_epoch`` now.
 
     Needs at least ``min_peers`` live peers at the global epoch. Then ready when they
-    accumulated the target batch size, or every one of them reports its epoch's work finished,
-    or some samples exist and the total has not grown for ``patience`` seconds
-    (``idle_seconds``): a swarm too small for the target would otherwise wait forever.
+    accumulated the target batch size, or every live peer finished the epoch's work (a peer
+    still at an earlier epoch is waited for up to ``straggler_wait`` seconds, see
+    :func:`~hivemind_utils.swarm_state.epoch_work_done`), or some samples exist and the total
+    has not grown for ``patience`` seconds (``idle_seconds``): a swarm too small for the target
+    would otherwise wait forever.
     """
     here = [p for p in state.peers if p.epoch == state.global_epoch]
     if len(here) < min_peers:
         return False
     if state.samples_accumulated >= state.target_batch_size:
         return True
-    if state.samples_accumulated > 0 and all(p.finished for p in here):
+    if state.samples_accumulated > 0 and epoch_work_done(
+            state, min_peers=min_peers, waited=idle_seconds, straggler_wait=straggler_wait):
         return True
     return state.samples_accumulated > 0 and idle_seconds >= patience
 

@@ -160,7 +160,8 @@ class Validator:
             self._samples_seen, self._samples_changed = swarm.samples_accumulated, time.monotonic()
         return ready_for_round(swarm, min_peers=self.cfg.averaging.min_group_size,
                                idle_seconds=time.monotonic() - self._samples_changed,
-                               patience=self.cfg.validator.round_patience)
+                               patience=self.cfg.validator.round_patience,
+                               straggler_wait=self.cfg.averaging.straggler_wait)
 
     # ------------------------------------------------------------------ epochs and scores
 
@@ -290,7 +291,7 @@ class Validator:
         outcome = await allreduce_round(
             dendrite=self._dendrite, targets={u: graph.axon(u) for u in uids},
             bindings=bindings, canonical=canonical, epoch=record.epoch,
-            average=functools.partial(self.averager.average, weight=0,
+            average=functools.partial(self.averager.average, weight=0, epoch=record.epoch,
                                       timeout=3 * cfg.averaging.matchmaking_time),
             round_id=f"e{record.epoch}-{self.uid}-{int(time.time())}", run_id=cfg.neuron.run_id,
             cfg=cfg.averaging, learning_rate=learning_rate(record.epoch, cfg.optim),
