@@ -15,9 +15,12 @@ Several bases, not one: a change that repeats from chunk to chunk (an optimizer 
 of a matrix looks like that) would otherwise be measured through a single random sum of signs,
 with a spread far wider than ``1/sqrt(dims)``.
 
-Cost: one ``(N/CHUNK) x CHUNK @ CHUNK x dims`` matmul, about ``2 * dims`` FLOPs per value; full
-chunks are read in place (no copy); only chunks that straddle two tensors are copied. The result
-is float64 on the CPU.
+Cost: the signed chunks of each basis are summed first (``sign @ chunks``, 2 FLOPs per value),
+then ``BASES`` products of one ``CHUNK`` vector with a ``CHUNK x dims`` matrix, whatever the
+model size: the same linear map as projecting every chunk, ``dims`` times cheaper (the sketch of
+a gpt2-124m gradient went from ~0.6 s to memory speed on 2 CPU cores). Full chunks are read in
+place (no copy); only chunks that straddle two tensors are copied. The result is float64 on the
+CPU.
 """
 
 from __future__ import annotations
@@ -100,6 +103,6 @@ def _project_chunks(chunks: torch.Tensor, basis: torch.Tensor, *, seed: int,
     for k in range(BASES):
         start = (k - first) % BASES  # rows whose global chunk index is k modulo BASES
         rows = chunks[start::BASES]
-        if rows.shape[0]:
-            out += (signs[start::BASES] @ (rows @ basis[k])).double()
+        if rows.shape[0]:  # fold first: (s @ rows) @ R == s @ (rows @ R), 2 FLOPs per value
+            out += ((signs[start::BASES] @ rows) @ basis[k]).double()
     return out.cpu()

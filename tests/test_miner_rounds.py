@@ -5,7 +5,13 @@ from __future__ import annotations
 import threading
 
 from hivemind_utils.swarm_state import PeerProgress, SwarmState
-from template.miner.rounds import RoundDesk, RoundRequest, swarm_ready, wait_for_round
+from template.miner.rounds import (
+    RoundDesk,
+    RoundReport,
+    RoundRequest,
+    swarm_ready,
+    wait_for_round,
+)
 
 
 def _peer(name: str, epoch: int, samples: int, finished: bool) -> PeerProgress:
@@ -65,3 +71,30 @@ def test_wait_for_round_returns_none_once_the_swarm_moved_on():
                          self_trigger=True, min_peers=2, poll_interval=0.01, timeout=2.0,
                          stop=stop)
     assert got is not None and got.epoch == 5
+
+
+def test_every_validator_asking_for_one_epoch_gets_the_report_of_its_one_round():
+    desk = RoundDesk()
+    first, second = RoundRequest(epoch=3, round_id="v1"), RoundRequest(epoch=3, round_id="v2")
+    later_epoch = RoundRequest(epoch=4, round_id="v1-next")
+    for request in (first, second, later_epoch):
+        desk.submit(request)
+    taken = desk.take(timeout=1)
+    assert taken is first
+    ok = RoundReport(success=True, participants=("a", "b"), fingerprint=(1.0,))
+    desk.finish(taken, ok)
+    assert first.done.result(timeout=1) is ok and second.done.result(timeout=1) is ok
+    assert not later_epoch.done.done() and desk.take(timeout=1) is later_epoch
+    late = RoundRequest(epoch=3, round_id="v3")  # a slower validator, after the round
+    assert desk.submit(late).result(timeout=1) is ok
+    assert not desk.pending()
+
+
+def test_a_failed_round_is_not_shared_so_a_retry_runs_a_new_one():
+    desk = RoundDesk()
+    first, retry = RoundRequest(epoch=3, round_id="v1"), RoundRequest(epoch=3, round_id="v1-r1")
+    desk.submit(first)
+    desk.submit(retry)
+    desk.finish(desk.take(timeout=1), RoundReport(success=False, error="no group"))
+    assert not first.done.result(timeout=1).success
+    assert not retry.done.done() and desk.take(timeout=1) is retry

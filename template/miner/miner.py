@@ -86,11 +86,11 @@ class Miner:
                 self.catch_up()
                 continue
             if not self.adversary.joins_rounds:
-                request.done.set_result(RoundReport(success=False, error="not joining"))
+                self.desk.finish(request, RoundReport(success=False, error="not joining"))
                 self.catch_up()
                 continue
             report = self.average_and_step(epoch, request)
-            request.done.set_result(report)
+            self.desk.finish(request, report)
             if report.success:
                 self.after_step(epoch + 1)
 

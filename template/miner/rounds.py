@@ -48,14 +48,51 @@ class RoundRequest:
 
 
 class RoundDesk:
-    """Thread-safe hand-over of round requests from the Axon to the training loop."""
+    """Thread-safe hand-over of round requests from the Axon to the training loop.
+
+    A round belongs to the swarm, not to the validator that asked for it: when several
+    validators ask for the same epoch, the miner averages once and every one of them gets the
+    report of that round (see :meth:`finish`), including a validator whose request arrives after
+    the round is over. Only successful rounds are shared; after a failure the next request for
+    the epoch runs a new round (a validator's retry).
+    """
+
+    KEEP_REPORTS = 4  # successful rounds remembered for late requests (one per epoch)
 
     def __init__(self) -> None:
         self._queue: queue.Queue[RoundRequest] = queue.Queue()
+        self._lock = threading.Lock()
+        self._done: dict[int, RoundReport] = {}
 
     def submit(self, request: RoundRequest) -> Future[RoundReport]:
-        self._queue.put(request)
+        with self._lock:
+            report = self._done.get(request.epoch)
+            if report is not None:
+                request.done.set_result(report)
+            else:
+                self._queue.put(request)
         return request.done
+
+    def finish(self, request: RoundRequest, report: RoundReport) -> None:
+        """Answer `request`; a successful report also answers every other request for its epoch."""
+        request.done.set_result(report)
+        if not report.success:
+            return
+        with self._lock:
+            self._done[request.epoch] = report
+            for epoch in sorted(self._done)[:-self.KEEP_REPORTS]:
+                del self._done[epoch]
+            waiting = []
+            while True:
+                try:
+                    waiting.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for other in waiting:
+                if other.epoch == request.epoch:
+                    other.done.set_result(report)
+                else:
+                    self._queue.put(other)
 
     def pending(self) -> bool:
         """A request is waiting (the training loop should wrap up its epoch)."""
