@@ -202,10 +202,15 @@ class StoreConfig:
     """Hub repo (`org/name`) that receives one tag `epoch-N` per epoch; needs HF_TOKEN."""
     retries: int = 3
     """Upload attempts per checkpoint before giving up (exponential backoff between them)."""
+    push_grace: float = 30.0
+    """Seconds the other members of a round wait for the chosen pusher's checkpoint before
+    pushing it themselves (the member ranked r waits r times this). Raise it when big pushes
+    are duplicated; lower it when validators wait long for a checkpoint whose pusher died."""
 
     def __post_init__(self) -> None:
         _check(self.kind in ("local", "hub"), "--store.kind", "use local or hub")
         _check(self.retries >= 1, "--store.retries", "must be >= 1")
+        _check(self.push_grace >= 0, "--store.push_grace", "must be >= 0 seconds")
         _check(
             self.kind != "hub" or "/" in self.repo_id,
             "--store.repo_id",

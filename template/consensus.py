@@ -20,10 +20,16 @@ def checkpoint_pusher(run_id: str, epoch: int, participants: Iterable[str]) -> s
     pushes, and the duty rotates pseudo-randomly between epochs instead of always landing on the
     same peer. ``None`` when the round had no participants.
     """
-    peers = sorted(set(participants))
-    if not peers:
-        return None
-    return min(peers, key=lambda peer: hashlib.sha256(f"{run_id}/{epoch}/{peer}".encode()).digest())
+    order = pusher_order(run_id, epoch, participants)
+    return order[0] if order else None
+
+
+def pusher_order(run_id: str, epoch: int, participants: Iterable[str]) -> list[str]:
+    """The participants by ticket: the first pushes; if its checkpoint does not appear, the
+    r-th pushes after ``r * --store.push_grace`` seconds (a pusher that died or failed its
+    round must not leave the epoch without a canonical checkpoint)."""
+    return sorted(set(participants),
+                  key=lambda peer: hashlib.sha256(f"{run_id}/{epoch}/{peer}".encode()).digest())
 
 
 def needs_resync(

@@ -89,3 +89,23 @@ def test_every_red_team_mode_earns_less_than_every_honest_miner(tmp_path):
     assert sum(weights[u] for u in cheaters) < 0.05, weights
     for entry in summary["epochs"]:
         assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
+
+
+def test_two_validators_judge_the_same_rounds_and_both_pay_every_honest_miner(tmp_path):
+    """Each validator sends its own AllReduce per epoch; miners run ONE round per epoch and
+    answer both with its report, so neither validator fails an honest miner."""
+    summary = run_demo(tmp_path, "--miners", "3", "--validators", "2", "--epochs", "2")
+    assert summary["ok"]
+    honest = honest_uids(summary)
+    for entry in summary["epochs"]:
+        assert sorted(entry["fingerprints"]) == sorted(honest), entry["epoch"]
+    states = [json.loads(p.read_text())
+              for p in sorted((tmp_path / "validators").glob("*/validator-*.json"))]
+    assert len(states) == 2
+    for state in states:
+        assert sorted(state["history"]) == ["0", "1"], state["history"]
+        for epoch, scores in state["history"].items():
+            assert all(scores.get(u, 0) > 0 for u in honest), (epoch, scores)
+        assert state["last_weights_block"] >= 0  # it set weights on the chain
+    for uid in honest:
+        assert summary["weights"][uid] > 0

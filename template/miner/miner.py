@@ -18,9 +18,9 @@ import torch
 
 from hivemind_utils.averaging import AveragingResult, SwarmAverager
 from hivemind_utils.swarm_state import ProgressReporter, SwarmState, should_start_round
-from template.checkpoints import CheckpointError, CheckpointStore
+from template.checkpoints import CheckpointConflictError, CheckpointError, CheckpointStore, tag_for
 from template.config import Config
-from template.consensus import checkpoint_pusher, consensus_tolerance, needs_resync
+from template.consensus import consensus_tolerance, needs_resync, pusher_order
 from template.data import assign_pages, epoch_batches
 from template.data.sources import PageSource
 from template.device import autocast
@@ -37,6 +37,15 @@ logger = logging.getLogger(__name__)
 
 REPORT_INTERVAL = 2.0  # seconds between progress records (training or waiting)
 RECORD_EXPIRATION = 15.0  # a miner silent this long no longer counts as a live peer
+
+
+@dataclass(frozen=True)
+class FallbackPush:
+    """A checkpoint this miner pushes itself if the round's chosen pusher has not by `due`."""
+
+    epoch: int
+    due: float  # time.monotonic() deadline
+    metadata: dict[str, Any]
 
 
 @dataclass
@@ -69,6 +78,7 @@ class Miner:
     state_lock: threading.Lock = field(default_factory=threading.Lock)
     epoch: int = 0
     closers: list[Any] = field(default_factory=list)
+    fallback_push: FallbackPush | None = None
     _last_report: tuple[float, float] = (0.0, 0.0)
 
     # ------------------------------------------------------------------ the loop
@@ -130,6 +140,7 @@ class Miner:
                                   samples=batch.shape[0], tokens=batch.numel())
             if time.perf_counter() - last_report > REPORT_INTERVAL:
                 self._report(epoch, tokens / (time.perf_counter() - started), finished=False)
+                self.push_if_missing()
                 last_report = time.perf_counter()
                 if self._swarm_target_reached(epoch):
                     break
@@ -287,19 +298,53 @@ class Miner:
         if time.monotonic() - stamp > REPORT_INTERVAL:
             work = self.ledger.get(epoch)
             self._report(epoch, tokens_per_second, finished=bool(work and work.finished))
+        self.push_if_missing()
 
     def _maybe_push(self, result: AveragingResult) -> None:
+        """The round's first-ranked member pushes the new weights; the others stand by."""
         members = [p for p in result.participants if p not in result.auxiliaries]
-        if checkpoint_pusher(self.cfg.neuron.run_id, self.epoch, members) != self.peer_id:
+        order = pusher_order(self.cfg.neuron.run_id, self.epoch, members)
+        if self.peer_id not in order:
             return
+        rank = order.index(self.peer_id)
         metadata = {"participants": members, "run_id": self.cfg.neuron.run_id,
-                    "round_group": result.group_id}
+                    "round_group": result.group_id, "pusher": self.peer_id, "pusher_rank": rank}
+        if rank == 0:
+            self._push(self.epoch, metadata)
+        else:
+            due = time.monotonic() + rank * self.cfg.store.push_grace
+            self.fallback_push = FallbackPush(epoch=self.epoch, due=due, metadata=metadata)
+
+    def push_if_missing(self) -> None:
+        """Push the current epoch's checkpoint if its chosen pusher has not (it died, or failed
+        its side of the round) within this member's grace. Weights do not change between
+        rounds, so any member can push them until its next step."""
+        pending = self.fallback_push
+        if pending is None or time.monotonic() < pending.due:
+            return
+        self.fallback_push = None
+        if pending.epoch != self.epoch:
+            return  # reloaded or stepped since: those weights are gone
         try:
-            tag = self.store.push(self.epoch, self.model, self.tokenizer, metadata,
-                                  optimizer_state=self.optimizer.state_dict())
-            logger.info("pushed checkpoint %s", tag)
+            if tag_for(pending.epoch) in self.store.tags():
+                return
         except CheckpointError as err:
-            logger.error("checkpoint push for epoch %d failed: %s", self.epoch, err)
+            logger.warning("checkpoint store unavailable: %s", err)
+            return
+        logger.warning("checkpoint %s still missing: pushing it (pusher rank %d)",
+                       tag_for(pending.epoch), pending.metadata["pusher_rank"])
+        self._push(pending.epoch, pending.metadata)
+
+    def _push(self, epoch: int, metadata: dict[str, Any]) -> None:
+        try:
+            with self.state_lock:
+                tag = self.store.push(epoch, self.model, self.tokenizer, metadata,
+                                      optimizer_state=self.optimizer.state_dict())
+            logger.info("pushed checkpoint %s", tag)
+        except CheckpointConflictError as err:
+            logger.info("another member pushed epoch %d first: %s", epoch, err)
+        except CheckpointError as err:
+            logger.error("checkpoint push for epoch %d failed: %s", epoch, err)
 
     def _record_epoch(self, epoch: int, result: AveragingResult, fp: list[float], lr: float,
                       grad_norm: float) -> None:
