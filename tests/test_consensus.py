@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from template.consensus import checkpoint_pusher, needs_resync
+from template.consensus import checkpoint_pusher, needs_resync, pusher_order
 
 
 def test_pusher_is_one_participant_and_independent_of_order():
@@ -32,3 +32,10 @@ def test_resync_on_drift_or_schedule():
     assert not needs_resync(epoch=3, drift=None, drift_threshold=1e-3, resync_every=0)
     assert needs_resync(epoch=10, drift=None, drift_threshold=1e-3, resync_every=5)
     assert not needs_resync(epoch=0, drift=None, drift_threshold=1e-3, resync_every=5)
+
+
+def test_pusher_order_ranks_every_participant_once_the_pusher_first():
+    peers = [f"Qm{i}" for i in range(6)]
+    order = pusher_order("run", 3, peers + peers[:2])
+    assert sorted(order) == sorted(peers) and order[0] == checkpoint_pusher("run", 3, peers)
+    assert pusher_order("run", 3, list(reversed(peers))) == order

@@ -22,11 +22,12 @@ from hivemind_utils.swarm_state import PeerProgress, SwarmState
 from template.chain.local import LocalChain
 from template.chain.wallets import create_wallet
 from template.config import AveragingConfig, DHTConfig
-from template.consensus import HONEST_SPREAD, consensus_tolerance
+from template.consensus import HONEST_SPREAD, checkpoint_pusher, consensus_tolerance
 from template.model import fingerprint
 from template.protocol import AllReduce, Reason
 from template.transport import MetagraphCache, build_axon, build_dendrite, free_port, start_axon
 from template.validator.allreduce_round import (
+    Canonical,
     allreduce_round,
     choose_reference,
     judge_round,
@@ -95,6 +96,22 @@ def _reply(uid, *, rid="r1", fp=(1.0, 2.0, 3.0), success=True, peer=None):
                     participants=[P[0], P[1]], fingerprint=list(fp))
     syn.dendrite.status_code = 200
     return syn
+
+
+def test_a_canonical_out_of_line_with_the_majority_gates_the_member_who_pushed_it():
+    aux = AveragingResult(ok=True, participants=(P[0], P[1], P[2], P[3]), auxiliaries=(P[3],))
+    replies = {u: _reply(u, rid="r1") for u in (0, 1, 2)}
+    bindings = {0: P[0], 1: P[1], 2: P[2]}
+    first = checkpoint_pusher("run", 6, [P[0], P[1], P[2]])
+    fallback = next(p for p in (P[0], P[1], P[2]) if p != first)
+    kwargs = dict(epoch=5, round_id="r1", run_id="run", participants=[0, 1, 2], replies=replies,
+                  aux=aux, bindings=bindings, canonical=[9.0, 9.0, 9.0], tolerance=TOL)
+    uid_of = {p: u for u, p in bindings.items()}
+    for named, blamed in ((None, first), (fallback, fallback), ("QmNotInTheGroup", first)):
+        out = judge_round(**kwargs, pusher=named)
+        assert out.reference == "median"
+        assert out.drift[uid_of[blamed]] > TOL
+        assert all(d == 0.0 for u, d in out.drift.items() if u != uid_of[blamed]), out.drift
 
 
 def test_judge_maps_observations_through_the_chain_binding_only():
@@ -203,7 +220,7 @@ def test_a_real_round_pays_honest_peers_and_gates_the_liar(swarm):
     miners = [uids[n] for n in ("honest-a", "honest-b", "liar", "no-show")]
 
     async def canonical():
-        return swarm["canonical"]
+        return Canonical(swarm["canonical"])
 
     async def go():
         dendrite = build_dendrite(swarm["wallets"]["validator"])

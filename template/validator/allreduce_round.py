@@ -112,6 +112,16 @@ class AllReduceOutcome:
         return bool(self.completed) and self.reference != "none"
 
 
+@dataclass(frozen=True)
+class Canonical:
+    """The epoch's canonical checkpoint, as far as judging needs it."""
+
+    fingerprint: list[float]
+    pusher: str | None = None
+    """PeerID its manifest names as pusher (a fallback member may push instead of the first-ranked
+    one); None or a non-member: the first-ranked member is held responsible."""
+
+
 def median_fingerprint(reports: Sequence[Sequence[float]]) -> list[float]:
     """Coordinate-wise median of fingerprints of equal length (robust to a minority of liars)."""
     return [statistics.median(column) for column in zip(*reports, strict=True)]
@@ -146,7 +156,8 @@ def _distance(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
 def judge_round(*, epoch: int, round_id: str, run_id: str, participants: Sequence[int],
                 replies: Mapping[int, AllReduce], aux: AveragingResult | None,
                 bindings: Mapping[int, str], canonical: Sequence[float] | None,
-                tolerance: float, fingerprint_dims: int | None = None) -> AllReduceOutcome:
+                tolerance: float, fingerprint_dims: int | None = None,
+                pusher: str | None = None) -> AllReduceOutcome:
     """Everything the round says about each participant (see the module docstring)."""
     failures: dict[int, Rejection] = {}
     reports: dict[int, list[float]] = {}
@@ -171,7 +182,7 @@ def judge_round(*, epoch: int, round_id: str, run_id: str, participants: Sequenc
         drift = {uid: _distance(fp, reference) for uid, fp in reports.items()}
         if kind == "median" and canonical is not None:
             _blame_pusher(drift, run_id=run_id, epoch=epoch, aux=aux, bindings=bindings,
-                          distance=_distance(canonical, reference))
+                          distance=_distance(canonical, reference), named=pusher)
     return AllReduceOutcome(
         epoch=epoch, round_id=round_id, participants=tuple(sorted(participants)),
         completed=tuple(sorted(reports)), failures=failures,
@@ -182,12 +193,13 @@ def judge_round(*, epoch: int, round_id: str, run_id: str, participants: Sequenc
 
 def _blame_pusher(drift: dict[int, float | None], *, run_id: str, epoch: int,
                   aux: AveragingResult | None, bindings: Mapping[int, str],
-                  distance: float) -> None:
-    """The miner that pushed a canonical checkpoint out of line with the majority is gated."""
+                  distance: float, named: str | None = None) -> None:
+    """The miner that pushed a canonical checkpoint out of line with the majority is gated:
+    the member the manifest names, else the round's first-ranked pusher."""
     if aux is None or not aux.ok:
         return
     miners = [p for p in aux.participants if p not in set(aux.auxiliaries)]
-    pusher = checkpoint_pusher(run_id, epoch + 1, miners)
+    pusher = named if named in miners else checkpoint_pusher(run_id, epoch + 1, miners)
     for uid, peer in bindings.items():
         if peer == pusher:
             drift[uid] = max(drift.get(uid) or 0.0, distance)
@@ -248,7 +260,7 @@ async def allreduce_round(
     targets: Mapping[int, bt.AxonInfo],
     bindings: Mapping[int, str],
     average: Callable[[], AveragingResult],
-    canonical: Callable[[], Awaitable[Sequence[float] | None]],
+    canonical: Callable[[], Awaitable[Canonical | None]],
     epoch: int,
     round_id: str,
     run_id: str,
@@ -281,10 +293,12 @@ async def allreduce_round(
             logger.warning("validator's auxiliary averaging failed in %s: %s", rid, aux.error)
         completed = any(r.success and r.epoch == epoch and r.round_id == rid
                         for r in replies.values())
-        fingerprint = await canonical() if completed else None
+        found = await canonical() if completed else None
         outcome = judge_round(epoch=epoch, round_id=rid, run_id=run_id,
                               participants=sorted(targets), replies=replies, aux=aux,
-                              bindings=bindings, canonical=fingerprint, tolerance=tolerance,
+                              bindings=bindings, tolerance=tolerance,
+                              canonical=None if found is None else found.fingerprint,
+                              pusher=None if found is None else found.pusher,
                               fingerprint_dims=fingerprint_dims)
         outcome = AllReduceOutcome(**{**outcome.__dict__, "attempts": attempt + 1})
         if outcome.completed:

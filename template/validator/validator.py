@@ -46,6 +46,7 @@ from template.transport import build_dendrite
 from template.validator import weights as weights_mod
 from template.validator.allreduce_round import (
     AllReduceOutcome,
+    Canonical,
     allreduce_round,
     live_participants,
     ready_for_round,
@@ -281,11 +282,15 @@ class Validator:
             await self.verify(graph, record, unverified)
         checkpoint: dict[str, Any] = {}
 
-        async def canonical() -> list[float] | None:
+        async def canonical() -> Canonical | None:
             found = await wait_for_checkpoint(self.store, record.epoch + 1,
                                               timeout=cfg.validator.checkpoint_timeout)
             checkpoint["found"] = found
-            return None if found is None else list(found.manifest["fingerprint"])
+            if found is None:
+                return None
+            pusher = found.manifest.get("metadata", {}).get("pusher")
+            return Canonical(list(found.manifest["fingerprint"]),
+                             pusher if isinstance(pusher, str) else None)
 
         assert self._dendrite is not None
         outcome = await allreduce_round(
