@@ -133,15 +133,25 @@ class LocalNet:
         return next((c for c in self.children if c.proc.poll() not in (None, 0)), None)
 
     def stop_all(self, timeout: float = 20.0) -> None:
-        """SIGTERM each child's process group, then SIGKILL what is left after `timeout`."""
-        for child in self.children:
-            _signal_group(child.proc, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in self.children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            _signal_group(child.proc, signal.SIGKILL)  # helpers of a child that already exited
-            child.proc.wait()
+        """SIGTERM each child's process group, then SIGKILL what is left after `timeout`.
+
+        SIGINT/SIGTERM are ignored meanwhile: a second Ctrl+C, or the death signal of a parent
+        that is itself being stopped, must not cut this short and leave orphans.
+        """
+        previous = {sig: signal.signal(sig, signal.SIG_IGN)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for child in self.children:
+                _signal_group(child.proc, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for child in self.children:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                _signal_group(child.proc, signal.SIGKILL)  # helpers of an exited child too
+                child.proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def die_with_parent() -> None:
