@@ -84,7 +84,7 @@ def _watch(swarm: LocalNet, dht, args: argparse.Namespace, started: float) -> bo
             print(f"[{time.monotonic() - started:5.0f}s] {status}", flush=True)
             last = status
         if all(n >= args.epochs for n in done.values()):
-            return _validators_finished(swarm, timeout=60.0)
+            return _validators_finished(swarm, timeout=90.0)
         time.sleep(1.0)
     print(f"timed out after {args.timeout:g} s", flush=True)
     for child in swarm.children:

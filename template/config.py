@@ -124,6 +124,9 @@ class NeuronConfig:
     """Multiaddrs of DHT peers to join (`/ip4/1.2.3.4/tcp/8009/p2p/Qm..`); none starts a swarm."""
     epochs: int = 0
     """Stop after this many epochs (0 = run until stopped)."""
+    linger: float = 0.0
+    """Miners: seconds to keep answering validators after the last epoch (`--neuron.epochs`),
+    so a validator still judging the final round gets its report instead of a dead Axon."""
     seed: int = 0
     """Seed of the initial weights; every peer of a run must use the same one."""
     workdir: str = f"{DEFAULT_HOME}/work"
@@ -147,6 +150,7 @@ class NeuronConfig:
             f"unknown precision {self.precision!r}; use auto, fp32 or bf16",
         )
         _check(self.epochs >= 0, "--neuron.epochs", "must be >= 0 (0 = forever)")
+        _check(self.linger >= 0, "--neuron.linger", "must be >= 0 seconds")
         _check(self.resync_every >= 0, "--neuron.resync_every", "must be >= 0 (0 = never)")
         _check(
             self.adversary in ("", *ADVERSARIES),

@@ -27,6 +27,8 @@ from template.transport import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ID = "local-demo"
+MINER_LINGER = 120.0  # s miners keep answering after their last epoch (validators judge it);
+# the launcher stops them as soon as the validators are done, so it never waits this long
 VALIDATOR_STAKE = 1000.0
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -79,6 +81,7 @@ class LocalNet:
                     extra: list[str] | None = None) -> Child:
         flags = [*self.common_flags(), "--wallet.name", name,
                  "--axon.port", str(free_port()), "--neuron.epochs", str(self.args.epochs),
+                 "--neuron.linger", str(MINER_LINGER),
                  "--neuron.workdir", str(self.workdir / "miners" / name),
                  "--neuron.initial_peers", *peers]
         if adversary:

@@ -103,6 +103,17 @@ class Miner:
             self.desk.finish(request, report)
             if report.success:
                 self.after_step(epoch + 1)
+        self.linger()
+
+    def linger(self) -> None:
+        """After the last epoch, answer late validators for `--neuron.linger` seconds: a request
+        for the final round gets its report (the desk keeps it), any other a clear refusal."""
+        deadline = time.monotonic() + self.cfg.neuron.linger
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            request = self.desk.take(timeout=0.5)
+            if request is not None:
+                self.desk.finish(request, RoundReport(
+                    success=False, error=f"training finished at epoch {self.epoch}"))
 
     def train_epoch(self, epoch: int) -> None:
         """Accumulate the mean gradient of this epoch's pages at the current weights."""
