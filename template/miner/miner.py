@@ -184,6 +184,11 @@ class Miner:
         if not result.complete:
             logger.warning("epoch %d round %s failed: %s", epoch, request.round_id,
                            result.error or f"failed peers {result.failed_peers}")
+            if result.ok and self.adopt_group_step(epoch + 1):
+                fp = fingerprint(self.model)
+                self._record_epoch(epoch, result, fp, learning_rate(epoch, self.cfg.optim), None)
+                self._maybe_push(result)
+                return _report(result, success=True, fingerprint=tuple(fp))
             return _report(result, success=False, fingerprint=(),
                            error=result.error or f"incomplete round, failed {result.failed_peers}")
         self.averager.write_gradients(params)
@@ -197,6 +202,7 @@ class Miner:
             self.epoch = epoch + 1
         if not outcome.applied:
             logger.error("epoch %d: averaged gradient not applied: %s", epoch, outcome.reason)
+        self._report(self.epoch, self._last_report[1], finished=False)  # peers see the step now
         fp = fingerprint(self.model)
         self._record_epoch(epoch, result, fp, outcome.lr, outcome.grad_norm)
         self._maybe_push(result)
@@ -212,6 +218,23 @@ class Miner:
         latest = self._latest_epoch()
         if latest is not None and latest > self.epoch:
             self.load_checkpoint(latest)
+
+    def adopt_group_step(self, epoch: int) -> bool:
+        """After a round the group completed but this miner did not (some of a reducer's results
+        never arrived; its own parts did reach the others), take the group's step from a peer
+        that applied it: the weights every other member holds, with matching AdamW state.
+
+        Waits at most ``2 x --averaging.matchmaking_time`` for a live peer to report ``epoch``;
+        when none does (the whole round failed, e.g. a member died), the round counts as failed.
+        """
+        deadline = time.monotonic() + 2 * self.cfg.averaging.matchmaking_time
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            ahead = any(p.epoch >= epoch for p in self.swarm_state().peers)
+            if ahead and self.load_state_from_peers() and self.epoch >= epoch:
+                logger.info("took the group's step to epoch %d from a peer", self.epoch)
+                return self.epoch == epoch
+            self.stop.wait(0.5)
+        return False
 
     def load_state_from_peers(self) -> bool:
         """Weights, AdamW moments and epoch from a peer; False if none answered or fit."""
@@ -358,7 +381,7 @@ class Miner:
             logger.error("checkpoint push for epoch %d failed: %s", epoch, err)
 
     def _record_epoch(self, epoch: int, result: AveragingResult, fp: list[float], lr: float,
-                      grad_norm: float) -> None:
+                      grad_norm: float | None) -> None:
         """Append one line per epoch to `<workdir>/epochs.jsonl` (read by the local launcher)."""
         work = self.ledger.get(epoch)
         line = {
@@ -374,7 +397,8 @@ class Miner:
         with path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         self.telemetry.log({"allreduce_seconds": result.allreduce_seconds, "lr": lr,
-                            "grad_norm": grad_norm}, step=epoch)
+                            **({"grad_norm": grad_norm} if grad_norm is not None else {})},
+                           step=epoch)
 
     def close(self) -> None:
         self.stop.set()
