@@ -27,6 +27,8 @@ from template.config import DHTConfig
 from template.localnet import RUN_ID, LocalNet, epoch_rows, epochs_done, parse_args
 from template.swarm_summary import build_summary, print_table, save_plot
 
+MINERS_UP_TIMEOUT = 120.0  # s to wait for every miner's first DHT record before validators start
+
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the run like Ctrl+C: every child is stopped
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in [*net.miners, *net.cheaters]:
             net.start_miner(name, peers, adversary=net.cheaters.get(name, ""))
+        if net.validators:
+            _wait_for_miners(net, dht, args, timeout=MINERS_UP_TIMEOUT)
         for name in net.validators:
             net.start_validator(name, peers)
         ok = _watch(net, dht, args, started)
@@ -90,6 +94,20 @@ def _watch(swarm: LocalNet, dht, args: argparse.Namespace, started: float) -> bo
     for child in swarm.children:
         print(f"--- {child.name} log tail:\n{child.tail(15)}", flush=True)
     return False
+
+
+def _wait_for_miners(swarm: LocalNet, dht, args: argparse.Namespace, *, timeout: float) -> None:
+    """Start validators once every miner is in the DHT: a validator that starts first would run
+    epoch 0's round with the miners that happened to be up (the others catch up, unpaid)."""
+    expected = len(swarm.miners) + len(swarm.cheaters)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and swarm.crashed() is None:
+        state = read_swarm_state(dht, run_id=RUN_ID, target_batch_size=args.target_batch_size)
+        if len(state.peers) >= expected:
+            return
+        time.sleep(0.5)
+    print(f"not every miner reported within {timeout:g} s: starting the validators anyway",
+          flush=True)
 
 
 def _last_loss(swarm: LocalNet) -> str:
