@@ -31,11 +31,14 @@ class SenderStats:
     """One sender's upload to this peer during a round (this peer reduced a shard of it)."""
 
     bytes: int
+    """Tensor payload bytes that arrived (``tensor_part.buffer``, compressed as sent): what the
+    sender delivered. Protobuf framing and any other field are not counted, so padding a message
+    with junk earns nothing."""
     parts: int
     seconds: float
     """From the sender opening its stream to its last part arriving."""
     throughput: float
-    """bytes / seconds (bytes per second); 0 when nothing arrived."""
+    """bytes / seconds (payload bytes per second); 0 when nothing arrived."""
     weight: float
     """Averaging weight the sender declared (self-reported: samples it claims)."""
     banned: bool
@@ -86,7 +89,8 @@ class AveragingResult:
 
 @dataclass
 class _Flow:
-    bytes: int = 0
+    bytes: int = 0  # serialized protobuf bytes (what crossed the wire)
+    payload: int = 0  # tensor payload bytes (what was delivered)
     parts: int = 0
     opened: float = field(default_factory=time.perf_counter)
     last: float = 0.0
@@ -103,9 +107,17 @@ class _GroupFlows:
     results: dict[str, _Flow] = field(default_factory=dict)    # deltas reducers return to us
 
 
+def payload_bytes(message: Any) -> int:
+    """Bytes of the tensor a message carries (0 for a message without one)."""
+    if not message.HasField("tensor_part"):
+        return 0
+    return len(message.tensor_part.buffer)
+
+
 async def _count(stream: AsyncIterator[Any], flow: _Flow) -> AsyncIterator[Any]:
     async for message in stream:
         flow.bytes += message.ByteSize()
+        flow.payload += payload_bytes(message)
         flow.parts += 1
         flow.last = time.perf_counter()
         flow.arrivals.append(flow.last)
@@ -248,8 +260,8 @@ def _with_runner_state(result: AveragingResult, runner: AllReduceRunner, flows: 
     for peer, flow in flows.incoming.items():
         seconds = max(0.0, flow.last - flow.opened) if flow.parts else 0.0
         senders[peer] = SenderStats(
-            bytes=flow.bytes, parts=flow.parts, seconds=seconds,
-            throughput=flow.bytes / seconds if seconds > 0 else 0.0,
+            bytes=flow.payload, parts=flow.parts, seconds=seconds,
+            throughput=flow.payload / seconds if seconds > 0 else 0.0,
             weight=flow.weight, banned=peer in banned, lag=lags.get(peer, 0.0),
         )
     for peer in banned - set(senders):

@@ -13,6 +13,7 @@ from template.validator.scoring import (
     ScoreWeights,
     bandwidth_scores,
     consensus_ok,
+    decay_absent,
     ema_update,
     gradient_score,
     normalize_weights,
@@ -246,3 +247,32 @@ def test_stragglers_by_lag_when_the_group_streams_at_one_pace():
     assert stragglers(paced, [1, 2, 3, 4]) == {4}
     calm = {u: PeerTransfer(bytes_received=4_000_000, seconds=1.0, lag=0.2) for u in (1, 2, 3)}
     assert stragglers(calm, [1, 2, 3]) == set()  # under the 0.5 s floor: nobody waited long
+
+
+def test_vanished_miner_decays_to_nothing():
+    """A uid absent from the epoch's scores loses (1 - alpha) of its average per epoch."""
+    ema = {1: 0.9, 2: 0.9}
+    for _ in range(3):
+        ema = decay_absent(ema_update(ema, {1: 0.9}, alpha=0.3), {1: 0.9}, alpha=0.3)
+    assert ema[1] == pytest.approx(0.9)
+    assert ema[2] == pytest.approx(0.9 * 0.7**3)
+    for _ in range(60):
+        ema = decay_absent(ema, {1}, alpha=0.3)
+    assert ema[2] == 0.0 and normalize_weights(ema) == {1: 1.0, 2: 0.0}
+    with pytest.raises(ValueError, match="ema_alpha"):
+        decay_absent(ema, {1}, alpha=0.0)
+
+
+def test_train_only_uid_is_not_paid_when_the_round_was_checked():
+    """Work that never reached the all-reduce (no binding, never averaged) earns nothing."""
+    from template.validator.epoch import EpochRecord, TrainResult, epoch_scores
+
+    record = EpochRecord(epoch=0, train={1: TrainResult(1.0, 32.0), 2: TrainResult(1.0, 32.0),
+                                         3: TrainResult(1.0, 32.0)})
+    record.add_allreduce(participants=[1, 2],
+                         transfers={1: PeerTransfer(10_000, 1.0), 2: PeerTransfer(10_000, 1.0)},
+                         drift={1: 0.0, 2: 0.0}, observed=True, consensus_checked=True)
+    scores = epoch_scores(record, tolerance=1e-3)
+    assert scores[1] > 0.5 and scores[2] > 0.5 and scores[3] == 0.0
+    unchecked = EpochRecord(epoch=0, train={3: TrainResult(1.0, 32.0)})  # no round observed
+    assert epoch_scores(unchecked, tolerance=1e-3)[3] > 0

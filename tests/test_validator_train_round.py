@@ -9,6 +9,7 @@ else a typed rejection or a failed check, and keeps running for a second round.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
 import pytest
@@ -139,3 +140,8 @@ def test_only_the_honest_miner_earns_and_the_validator_keeps_going(net):
     again = _round(net, [uids["honest"], uids["validator"]])
     assert again[uids["honest"]].ok
     assert again[uids["validator"]].rejection.reason is Reason.UNREACHABLE
+    # honest work from a uid without a chain-bound PeerID is never paid (it cannot be tied to
+    # anything the uid put into the all-reduce)
+    unbound = dict(net, ctx=dataclasses.replace(net["ctx"], bindings={}))
+    verdict = _round(unbound, [uids["honest"]])[uids["honest"]]
+    assert verdict.rejection.reason is Reason.UNVERIFIED and "bound" in verdict.rejection.detail

@@ -116,8 +116,8 @@ class EpochComponents:
     the round)."""
     drift: dict[int, float | None]
     """Post-step fingerprint distance of each uid that reported one; when the round was checked
-    (``consensus_checked``), a participant that did not complete gets ``None``: its gradient
-    never reached the model."""
+    (``consensus_checked``), a participant that did not complete, or a Train-verified uid that
+    took no part in the round, gets ``None``: its gradient never reached the model."""
     slow: set[int]
     """Stragglers: observed at under ``STRAGGLER_FRACTION`` of the median throughput."""
 
@@ -133,7 +133,9 @@ def epoch_components(record: EpochRecord) -> EpochComponents:
     drift: dict[int, float | None] = {}
     if record.consensus_checked:
         drift = dict(record.drift)
-        for uid in record.participants:
+        # a participant that did not complete, and a Train-verified uid that was not in the
+        # round at all (no chain binding, never averaged), delivered nothing to the model
+        for uid in (*record.participants, *record.train):
             drift.setdefault(uid, None)
     for uid in set(gradient) | set(steps):
         gradient.setdefault(uid, 0.0)

@@ -262,6 +262,25 @@ def ema_update(
     return out
 
 
+def decay_absent(ema: Mapping[int, float], present: Iterable[int], *,
+                 alpha: float) -> dict[int, float]:
+    """Moving averages of uids absent from an epoch's scores shrink by ``1 - alpha``.
+
+    A miner that worked and then vanished (stopped serving, left the swarm) would otherwise keep
+    its average, and its weight, forever. Every live participant is scored each epoch (the
+    validator Train-verifies the round's participants before the round), so being absent means
+    the uid did no work the validator could see. Values under 1e-6 are dropped to 0.
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha} (--validator.ema_alpha)")
+    seen = set(present)
+    out: dict[int, float] = {}
+    for uid, value in ema.items():
+        value = value if uid in seen else value * (1 - alpha)
+        out[uid] = value if value >= 1e-6 else 0.0
+    return out
+
+
 def normalize_weights(scores: Mapping[int, float]) -> dict[int, float]:
     """Weights for the chain: each score over the sum; negatives/NaN count as 0; all-zero -> 0."""
     clean = {uid: s if math.isfinite(s) and s > 0 else 0.0 for uid, s in scores.items()}

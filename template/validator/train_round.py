@@ -114,6 +114,8 @@ def judge_train_response(uid: int, reply: Train, *, ctx: TrainContext, nonce: in
                                         sketch_seed=ctx.sketch_seed)
     if rejection is not None:
         return rejected_verdict(uid, rejection)
+    if uid not in ctx.bindings:  # work that cannot be tied to an all-reduce peer is not paid
+        return rejected_verdict(uid, Rejection(Reason.UNVERIFIED, "no PeerID bound on chain"))
     try:
         pages = assign_pages(run_id=ctx.run_id, epoch=ctx.epoch, miner=uid,
                              pages_per_miner=ctx.pages_per_epoch,

@@ -53,7 +53,7 @@ from template.validator.allreduce_round import (
 )
 from template.validator.epoch import EpochRecord, epoch_components, epoch_scores
 from template.validator.reference import ReferenceModel, wait_for_checkpoint
-from template.validator.scoring import ema_update, throughput
+from template.validator.scoring import decay_absent, ema_update, throughput
 from template.validator.state import ValidatorState, forget_replaced, load_state, save_state
 from template.validator.train_round import TrainContext, sample_uids, train_round
 from template.validator.verify import TrainVerdict, VerifyThresholds
@@ -182,7 +182,8 @@ class Validator:
             return {}
         scores = epoch_scores(record, tolerance=self.tolerance)
         alpha = self.cfg.validator.ema_alpha
-        self.state.ema = ema_update(self.state.ema, scores, alpha=alpha)
+        self.state.ema = decay_absent(ema_update(self.state.ema, scores, alpha=alpha),
+                                      scores, alpha=alpha)
         parts = epoch_components(record)
         for name, values in (("gradient", parts.gradient), ("steps", parts.steps),
                              ("bandwidth", parts.bandwidth)):
