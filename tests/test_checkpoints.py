@@ -484,3 +484,120 @@ def test_hub_unreachable_endpoint_and_offline_mode(hub, tmp_path, monkeypatch):
     with pytest.raises(StoreUnavailableError, match="HF_HUB_OFFLINE"):
         store.tags()
     assert sleeps == [] and "refs" not in hub.counts
+
+
+# ------------------------------------------------------------------ stray tags, lying manifests
+
+
+def test_local_latest_epoch_skips_stray_and_corrupt_newest(tmp_path, caplog):
+    store = LocalStore(tmp_path)
+    assert store.latest_epoch() is None
+    store.push(3, _small_model(0), None, {})
+    (tmp_path / "epoch-5").mkdir()  # a stray folder: no manifest at all
+    (tmp_path / "epoch-4").mkdir()
+    (tmp_path / "epoch-4" / "manifest.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="template.checkpoints.base"):
+        assert store.latest_epoch() == 3
+    assert "epoch-5" in caplog.text and "epoch-4" in caplog.text
+    assert store.tags() == ["epoch-3", "epoch-4", "epoch-5"]  # still listed, just skipped
+    assert store.pull(store.latest_epoch()).epoch == 3
+
+    (tmp_path / "epoch-3" / "manifest.json").unlink()
+    assert store.latest_epoch() is None  # no valid checkpoint left
+
+
+def _rewrite_manifest(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_local_pull_recomputes_fingerprint_and_counts(tmp_path):
+    store = LocalStore(tmp_path)
+    model = _small_model(0)
+    store.push(0, model, None, {})
+    manifest_path = tmp_path / "epoch-0" / "manifest.json"
+    good = json.loads(manifest_path.read_text())
+    assert store.pull(0).manifest["fingerprint"] == fingerprint(model)
+
+    # Consistent everything (files, parameter_hash), but the fingerprint of other weights.
+    _rewrite_manifest(manifest_path, fingerprint=fingerprint(_small_model(1)))
+    with pytest.raises(ManifestError, match="fingerprint is .* from the one recomputed"):
+        store.pull(0)
+    nudged = [x + 1e-3 for x in good["fingerprint"]]
+    _rewrite_manifest(manifest_path, fingerprint=nudged)
+    with pytest.raises(ManifestError, match="fingerprint"):
+        store.pull(0)
+    bad_fingerprints = [[], good["fingerprint"] + [0.0], good["fingerprint"][:-1],
+                        [float("nan")] * len(good["fingerprint"]),
+                        [True] * len(good["fingerprint"])]
+    for bad in bad_fingerprints:
+        manifest_path.write_text(json.dumps({**good, "fingerprint": bad}))
+        with pytest.raises(ManifestError, match="fingerprint"):
+            store.pull(0)
+    manifest_path.write_text(json.dumps(good).replace(
+        str(good["fingerprint"][0]), "Infinity", 1))
+    with pytest.raises(ManifestError, match="fingerprint"):
+        store.pull(0)
+
+    for key, value, match in [("num_parameters", good["num_parameters"] + 1, "num_parameters"),
+                              ("num_parameters", -1, "num_parameters"),
+                              ("fingerprint_dims", good["fingerprint_dims"] * 2,
+                               "fingerprint_dims"),
+                              ("fingerprint_seed", good["fingerprint_seed"] + 1,
+                               "fingerprint_seed")]:
+        manifest_path.write_text(json.dumps({**good, key: value}))
+        with pytest.raises(ManifestError, match=match):
+            store.pull(0)
+
+    manifest_path.write_text(json.dumps(good))
+    assert store.pull(0).epoch == 0  # the honest manifest still loads
+
+
+def test_hub_latest_epoch_skips_bad_tags_and_pull_checks_fingerprint(hub, tmp_path, caplog):
+    store, _ = _hub_store(hub, tmp_path)
+    store.push(0, _small_model(0), None, {})
+    store.push(1, _small_model(1), None, {})
+    repo = hub.repos["org/run"]
+    good = json.loads(repo["commits"][repo["tags"]["epoch-1"]]["manifest.json"])
+
+    # epoch-2: a tag on a commit whose manifest claims other weights' fingerprint (files and
+    # parameter_hash are consistent) -> listed as latest, but pull refuses it.
+    lying = dict(repo["commits"][repo["tags"]["epoch-1"]])
+    lying["manifest.json"] = json.dumps(
+        {**good, "epoch": 2, "fingerprint": fingerprint(_small_model(0))}).encode()
+    repo["commits"]["c" * 40] = lying
+    repo["tags"]["epoch-2"] = "c" * 40
+    assert store.latest_epoch() == 2
+    with pytest.raises(ManifestError, match="fingerprint"):
+        store.pull(2)
+
+    # epoch-3: a stray tag on a commit without a manifest; epoch-4: a garbled manifest.
+    repo["commits"]["d" * 40] = {"config.json": b"{}"}
+    repo["tags"]["epoch-3"] = "d" * 40
+    repo["commits"]["e" * 40] = {"manifest.json": b"{not json"}
+    repo["tags"]["epoch-4"] = "e" * 40
+    with caplog.at_level("WARNING", logger="template.checkpoints.base"):
+        assert store.latest_epoch() == 2
+    assert "epoch-3" in caplog.text and "epoch-4" in caplog.text
+
+    del repo["tags"]["epoch-2"]
+    assert store.latest_epoch() == 1
+    assert store.pull(1).manifest["fingerprint"] == good["fingerprint"]
+
+
+def test_reference_model_uses_the_fingerprint_of_its_loaded_weights(tmp_path):
+    from template.config import ModelConfig
+    from template.model import build_model
+    from template.validator.reference import ReferenceModel
+
+    store = LocalStore(tmp_path)
+    source = build_model(ModelConfig(preset="tiny"), seed=7)
+    store.push(1, source, None, {})
+    reference = ReferenceModel(model_cfg=ModelConfig(preset="tiny"), seed=0, store=store)
+    checkpoint = store.pull(1)
+    # A manifest fingerprint within the pull tolerance, but not the weights' exact numbers.
+    checkpoint.manifest["fingerprint"] = [x * (1 + 1e-7) for x in checkpoint.manifest[
+        "fingerprint"]]
+    assert reference.load(checkpoint)
+    assert reference.epoch == 1
+    assert list(reference.fingerprint) == fingerprint(reference.model)
+    assert list(reference.fingerprint) != checkpoint.manifest["fingerprint"]

@@ -15,7 +15,9 @@ also a valid ``--model.preset org/name --model.revision epoch-N``.
 
 Everything read back is untrusted (a Hub repo, a shared disk): :func:`read_checkpoint` checks
 the manifest's schema, every listed file's size and sha256, that the weights parse and that they
-hash to the manifest's ``parameter_hash``, and loads the optimizer state with
+hash to the manifest's ``parameter_hash``, recomputes everything else the manifest says
+about the weights (``fingerprint`` within :data:`FINGERPRINT_MATCH`, ``fingerprint_seed``,
+``fingerprint_dims``, ``num_parameters``), and loads the optimizer state with
 ``torch.load(weights_only=True)``. Any failure is a typed :class:`CheckpointError`.
 """
 
@@ -24,6 +26,8 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import logging
+import math
 import os
 import pickle
 import re
@@ -40,10 +44,14 @@ from safetensors.torch import load_file
 from template.model import (
     FINGERPRINT_DIMS,
     FINGERPRINT_SEED,
+    canonical_state,
     count_parameters,
     fingerprint,
+    fingerprint_distance,
     parameter_hash,
 )
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -52,6 +60,9 @@ OPTIMIZER = "optimizer.pt"
 FORMAT_VERSION = 1
 _TAG = re.compile(r"^epoch-(0|[1-9][0-9]*)$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # flat file names, no paths
+FINGERPRINT_MATCH = 1e-6
+"""Largest :func:`~template.model.fingerprint_distance` between a manifest's ``fingerprint``
+and the one recomputed from its weights (float rounding of the projection only)."""
 
 
 # ------------------------------------------------------------------ errors
@@ -167,10 +178,26 @@ class CheckpointStore(abc.ABC):
     def pull(self, epoch: int) -> Checkpoint:
         """Fetch and verify a checkpoint; raises :class:`CheckpointError` subclasses."""
 
+    @abc.abstractmethod
+    def read_manifest(self, epoch: int) -> dict[str, Any]:
+        """The schema-checked manifest of ``epoch`` (weights not fetched nor verified)."""
+
     def latest_epoch(self) -> int | None:
-        """The highest epoch with a checkpoint, or ``None`` for an empty store."""
-        tags = self.tags()
-        return epoch_of(tags[-1]) if tags else None
+        """The highest epoch whose checkpoint has a valid manifest, or ``None`` if none has.
+
+        A newer ``epoch-N`` without a valid manifest (a stray folder or tag, a garbled
+        manifest) is skipped with a warning naming it. Store failures (auth, unavailable) raise.
+        """
+        for tag in reversed(self.tags()):
+            epoch = epoch_of(tag)
+            assert epoch is not None  # tags() returns epoch-N names only
+            try:
+                self.read_manifest(epoch)
+            except (ManifestError, CorruptCheckpointError, MissingCheckpointError) as err:
+                logger.warning("skipping %s in %r: no valid manifest (%s)", tag, self, err)
+                continue
+            return epoch
+        return None
 
 
 # ------------------------------------------------------------------ writing
@@ -250,14 +277,23 @@ def parse_manifest(raw: bytes | str, *, epoch: int) -> dict[str, Any]:
         "format": lambda v: v == FORMAT_VERSION,
         "epoch": lambda v: v == epoch and not isinstance(v, bool),
         "parameter_hash": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v),
-        "fingerprint": lambda v: isinstance(v, list)
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
+        "fingerprint": lambda v: isinstance(v, list) and len(v) == FINGERPRINT_DIMS
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in v),
         "files": lambda v: isinstance(v, dict) and WEIGHTS in v and CONFIG in v,
         "metadata": lambda v: isinstance(v, dict),
     }
     for key, ok in checks.items():
         if key not in manifest or not ok(manifest[key]):
             raise ManifestError(f"{MANIFEST}: bad or missing {key!r} (epoch {epoch} expected)")
+    optional = {  # written by write_checkpoint; checked when present (recomputed on read)
+        "fingerprint_seed": lambda v: v == FINGERPRINT_SEED and not isinstance(v, bool),
+        "fingerprint_dims": lambda v: v == FINGERPRINT_DIMS and not isinstance(v, bool),
+        "num_parameters": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    }
+    for key, ok in optional.items():
+        if key in manifest and not ok(manifest[key]):
+            raise ManifestError(f"{MANIFEST}: bad {key!r} {manifest[key]!r}")
     for name, entry in manifest["files"].items():
         if (not _SAFE_NAME.match(name) or name == MANIFEST or not isinstance(entry, dict)
                 or not isinstance(entry.get("sha256"), str)
@@ -281,6 +317,27 @@ def verify_files(directory: Path, manifest: Mapping[str, Any]) -> None:
                 name, f"sha256 {actual[:16]}.. != manifest {entry['sha256'][:16]}..")
 
 
+def verify_weight_claims(state: Mapping[str, torch.Tensor], manifest: Mapping[str, Any]) -> None:
+    """Recompute what the manifest says about the weights; :class:`ManifestError` on a lie.
+
+    ``parse_manifest`` already pinned ``fingerprint_seed``/``fingerprint_dims`` to ours and the
+    fingerprint to ``FINGERPRINT_DIMS`` finite numbers; here the numbers must match the weights.
+    """
+    if "num_parameters" in manifest:
+        actual = sum(t.numel() for t in canonical_state(state).values())
+        if actual != manifest["num_parameters"]:
+            raise ManifestError(f"{MANIFEST}: num_parameters {manifest['num_parameters']} != "
+                                f"{actual} counted in {WEIGHTS}")
+    try:
+        recomputed = fingerprint(state, seed=FINGERPRINT_SEED, dims=FINGERPRINT_DIMS)
+        distance = fingerprint_distance(manifest["fingerprint"], recomputed)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ManifestError(f"{MANIFEST}: fingerprint cannot be checked: {err}") from err
+    if not distance <= FINGERPRINT_MATCH:  # also catches NaN
+        raise ManifestError(f"{MANIFEST}: fingerprint is {distance:.3g} from the one recomputed "
+                            f"from {WEIGHTS} (at most {FINGERPRINT_MATCH:g} allowed)")
+
+
 def read_checkpoint(directory: Path, epoch: int) -> Checkpoint:
     """Verify and load the checkpoint in ``directory`` (see the module docstring)."""
     manifest_path = directory / MANIFEST
@@ -295,6 +352,7 @@ def read_checkpoint(directory: Path, epoch: int) -> Checkpoint:
     if parameter_hash(state) != manifest["parameter_hash"]:
         raise CorruptCheckpointError(WEIGHTS, "weights do not hash to the manifest's "
                                               "parameter_hash")
+    verify_weight_claims(state, manifest)
     try:
         config = json.loads((directory / CONFIG).read_text())
     except (ValueError, UnicodeDecodeError) as err:

@@ -177,11 +177,15 @@ class HubStore(CheckpointStore):
 
     def _same_or_conflict(self, epoch: int, new_hash: str) -> str:
         tag = tag_for(epoch)
-        folder = self._folder(tag)
-        existing = parse_manifest(self._download(MANIFEST, tag, folder).read_bytes(), epoch=epoch)
+        existing = self.read_manifest(epoch)
         if existing["parameter_hash"] != new_hash:
             raise CheckpointConflictError(tag, existing["parameter_hash"])
         return tag
+
+    def read_manifest(self, epoch: int) -> dict[str, Any]:
+        tag = tag_for(epoch)
+        return parse_manifest(self._download(MANIFEST, tag, self._folder(tag)).read_bytes(),
+                              epoch=epoch)
 
     def pull(self, epoch: int) -> Checkpoint:
         tag = tag_for(epoch)

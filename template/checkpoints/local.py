@@ -26,6 +26,7 @@ from template.checkpoints.base import (
     CheckpointConflictError,
     CheckpointError,
     CheckpointStore,
+    ManifestError,
     MissingCheckpointError,
     fsync_path,
     parse_manifest,
@@ -105,8 +106,8 @@ class LocalStore(CheckpointStore):
     def _same_or_conflict(self, tag: str, new_hash: str) -> str:
         epoch = int(tag.removeprefix("epoch-"))
         try:
-            existing = parse_manifest((self.root / tag / MANIFEST).read_bytes(), epoch=epoch)
-        except (OSError, CheckpointError) as err:
+            existing = self.read_manifest(epoch)
+        except CheckpointError as err:
             raise CheckpointConflictError(
                 tag, "", f"{tag} already exists in {self.root} with an unreadable manifest "
                 f"({err}); delete that folder to push again") from err
@@ -114,11 +115,22 @@ class LocalStore(CheckpointStore):
             raise CheckpointConflictError(tag, existing["parameter_hash"])
         return tag
 
-    def pull(self, epoch: int) -> Checkpoint:
+    def _directory(self, epoch: int) -> Path:
         tag = tag_for(epoch)
         directory = self.root / tag
         if not directory.is_dir():
             have = self.tags()
             raise MissingCheckpointError(
                 f"no checkpoint {tag} in {self.root} (have: {', '.join(have[-5:]) or 'none'})")
-        return read_checkpoint(directory, epoch)
+        return directory
+
+    def read_manifest(self, epoch: int) -> dict[str, Any]:
+        path = self._directory(epoch) / MANIFEST
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise ManifestError(f"{MANIFEST} unreadable in {path.parent}: {err}") from err
+        return parse_manifest(raw, epoch=epoch)
+
+    def pull(self, epoch: int) -> Checkpoint:
+        return read_checkpoint(self._directory(epoch), epoch)

@@ -46,7 +46,7 @@ class ReferenceModel:
             checkpoint = self.store.pull(epoch)
         except MissingCheckpointError:
             if epoch == 0 and self._seed_model_epoch0:
-                self._adopt(0, None)
+                self._adopt(0)
                 return True
             return False
         except CheckpointError as err:
@@ -61,16 +61,14 @@ class ReferenceModel:
         except ModelError as err:
             logger.error("checkpoint epoch-%d does not fit the model: %s", checkpoint.epoch, err)
             return False
-        self._adopt(checkpoint.epoch, checkpoint.manifest.get("fingerprint"))
+        self._adopt(checkpoint.epoch)
         return True
 
-    def _adopt(self, epoch: int, manifest_fingerprint: list[float] | None) -> None:
+    def _adopt(self, epoch: int) -> None:
+        # Always the fingerprint of the weights actually loaded, never a manifest's claim.
         self._seed_model_epoch0 = False
         self.epoch = epoch
         self.fingerprint = tuple(fingerprint(self.model))
-        if manifest_fingerprint is not None and len(manifest_fingerprint) == len(
-                self.fingerprint):
-            self.fingerprint = tuple(float(x) for x in manifest_fingerprint)
         logger.info("reference model at epoch %d", epoch)
 
 
