@@ -14,12 +14,18 @@ import bittensor  # noqa: F401  (import before hivemind: it resets existing logg
 from template.config import parse_config
 from template.miner.build import build_miner
 from template.telemetry import setup_logging
+from template.transport import AxonPortInUse, check_port_free
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv, description="Collaborative-training miner")
     log = setup_logging(cfg.logging, name=f"miner-{cfg.wallet.name}")
-    miner = build_miner(cfg)
+    try:
+        check_port_free(cfg.axon.ip, cfg.axon.port)  # before minutes of setup; start_axon rechecks
+        miner = build_miner(cfg)
+    except AxonPortInUse as err:
+        print(err, file=sys.stderr)  # one line: --axon.port N is in use
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: miner.stop.set())
     log.info("miner uid %d, PeerID %s, epoch %d", miner.uid, miner.peer_id, miner.epoch)
     try:

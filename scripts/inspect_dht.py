@@ -3,6 +3,11 @@
     python scripts/inspect_dht.py --initial_peers /ip4/127.0.0.1/tcp/8009/p2p/12D3Koo.. \\
         [--run_id fineweb-gpt2] [--target_batch_size 64] [--json] [--watch SECONDS]
 
+A local devnet (`scripts/local_swarm.py`) prints the exact command; its run id is in
+`WORKDIR/run_id.txt` (`local-demo`). Without ``--target_batch_size`` the progress percentage
+uses the default target of the run id (the launcher's for `local-demo`, else the miners'
+``--averaging.target_batch_size`` default) and the table says so.
+
 Joins as a DHT *client* (stores nothing, accepts no connections) with the run's record validators,
 so unsigned or malformed records are not shown. ``--json`` prints one JSON object per read.
 A bad or unreachable address exits with status 2 and a one-line error.
@@ -19,6 +24,11 @@ import time
 from hivemind_utils.dht import DHTError, start_dht
 from hivemind_utils.swarm_state import SwarmState, read_swarm_state
 from template.config import AveragingConfig, DHTConfig, NeuronConfig
+from template.localnet import RUN_ID as LOCAL_RUN_ID
+from template.localnet import TARGET_BATCH_SIZE as LOCAL_TARGET_BATCH_SIZE
+
+DEFAULT_TARGETS = {LOCAL_RUN_ID: LOCAL_TARGET_BATCH_SIZE}
+"""Target batch size by run id, for runs whose target is known here (the launcher's)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,19 +36,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--initial_peers", nargs="+", required=True, metavar="MADDR",
                         help="multiaddrs of swarm peers, e.g. /ip4/1.2.3.4/tcp/8009/p2p/12D3Koo..")
     parser.add_argument("--run_id", default=NeuronConfig.run_id, help="run to inspect")
-    parser.add_argument("--target_batch_size", type=int,
-                        default=AveragingConfig.target_batch_size,
-                        help="samples per round, to show progress against")
+    parser.add_argument("--target_batch_size", type=int, default=None,
+                        help="samples per round, to show progress against (default: the run "
+                             f"id's known target, {LOCAL_TARGET_BATCH_SIZE} for "
+                             f"{LOCAL_RUN_ID}, else {AveragingConfig.target_batch_size})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
                         help="refresh every SECONDS until Ctrl+C (0 = once)")
     parser.add_argument("--startup_timeout", type=float, default=DHTConfig.startup_timeout)
     parser.add_argument("--join_retries", type=int, default=1)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.target_given = args.target_batch_size is not None
+    if not args.target_given:
+        args.target_batch_size = default_target(args.run_id)
+    return args
 
 
-def render(state: SwarmState) -> str:
-    """A human table of the state."""
+def default_target(run_id: str) -> int:
+    """The target batch size the swarm of ``run_id`` uses when nobody set one."""
+    return DEFAULT_TARGETS.get(run_id, AveragingConfig.target_batch_size)
+
+
+def render(state: SwarmState, *, run_id: str = "", target_given: bool = True) -> str:
+    """A human table of the state; a plain message when ``run_id`` has no records."""
+    if not state.peers:
+        return (f"no progress records for run id {run_id or '?'}"
+                + (f" ({state.rejected} refused)" if state.rejected else "")
+                + "\nis the swarm up and the run id right? pass --run_id (a local devnet's "
+                  "is in WORKDIR/run_id.txt)")
     pct = 100.0 * state.samples_accumulated / max(1, state.target_batch_size)
     lines = [
         f"global epoch {state.global_epoch}: {state.samples_accumulated}/"
@@ -48,6 +73,9 @@ def render(state: SwarmState) -> str:
     for p in state.peers:
         lines.append(f"{p.peer_id:<54} {p.hotkey:<50} {p.epoch:>5} {p.samples:>8} "
                      f"{p.tokens_per_second:>9.1f} {p.age_seconds:>6.1f}")
+    if not target_given:
+        lines.insert(1, f"(target {state.target_batch_size} is the default for run id "
+                        f"{run_id}; pass --target_batch_size if the swarm uses another)")
     return "\n".join(lines)
 
 
@@ -65,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             state = read_swarm_state(dht, run_id=args.run_id,
                                      target_batch_size=args.target_batch_size)
-            print(json.dumps(state.to_json()) if args.json else render(state), flush=True)
+            if args.json:
+                print(json.dumps(state.to_json()), flush=True)
+                if not state.peers:
+                    print(f"inspect_dht: no progress records for run id {args.run_id}; "
+                          "pass --run_id", file=sys.stderr, flush=True)
+            else:
+                print(render(state, run_id=args.run_id, target_given=args.target_given),
+                      flush=True)
             if args.watch <= 0:
                 return 0
             time.sleep(args.watch)

@@ -6,8 +6,10 @@ Creates and registers wallets on the embedded devnet chain, builds the demo shar
 starts a bootstrap DHT node (in this process), then every miner and validator as its own
 process, shows progress, and stops everything after `--epochs` epochs (or on Ctrl+C, or when a
 child crashes: the exit code is then non-zero and the failing log's tail is printed).
-`WORKDIR/initial_peers.txt` holds the bootstrap multiaddr as soon as the swarm is up, so
-`scripts/inspect_dht.py --initial_peers $(cat WORKDIR/initial_peers.txt)` can watch the run.
+`WORKDIR/initial_peers.txt` holds the bootstrap multiaddr and `WORKDIR/run_id.txt` the run id
+as soon as the swarm is up; the launcher prints the inspector command that watches the run:
+`scripts/inspect_dht.py --initial_peers $(cat WORKDIR/initial_peers.txt) --run_id local-demo
+--target_batch_size N`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ import bittensor  # noqa: F401  (import before hivemind: NOTES)
 from hivemind_utils.dht import start_dht, visible_maddrs
 from hivemind_utils.swarm_state import read_swarm_state
 from template.config import DHTConfig
-from template.localnet import RUN_ID, LocalNet, epoch_rows, epochs_done, parse_args
+from template.localnet import (
+    RUN_ID,
+    LocalNet,
+    epoch_rows,
+    epochs_done,
+    parse_args,
+    write_swarm_files,
+)
 from template.swarm_summary import build_summary, print_table, save_plot
 
 MINERS_UP_TIMEOUT = 120.0  # s to wait for every miner's first DHT record before validators start
@@ -41,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workdir {net.workdir}", flush=True)
     dht = start_dht(DHTConfig(), run_id=RUN_ID)
     peers = visible_maddrs(dht)
-    (net.workdir / "initial_peers.txt").write_text(" ".join(peers) + "\n")
+    inspect = write_swarm_files(net.workdir, peers, target_batch_size=args.target_batch_size)
+    print(f"watch the swarm with: {inspect}", flush=True)
     started, ok = time.monotonic(), False
     try:
         for name in [*net.miners, *net.cheaters]:

@@ -27,6 +27,7 @@ from template.transport import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ID = "local-demo"
+TARGET_BATCH_SIZE = 10**6  # the launcher's --target_batch_size: rounds end when every miner is done
 MINER_LINGER = 120.0  # s miners keep answering after their last epoch (validators judge it);
 # the launcher stops them as soon as the validators are done, so it never waits this long
 VALIDATOR_STAKE = 1000.0
@@ -186,7 +187,7 @@ def parse_args(argv: list[str] | None = None, *, description: str = "") -> argpa
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--pages_per_epoch", type=int, default=16,
                    help="demo pages are short (docstrings): 16 make a few 8 x 128 batches")
-    p.add_argument("--target_batch_size", type=int, default=10**6,
+    p.add_argument("--target_batch_size", type=int, default=TARGET_BATCH_SIZE,
                    help="samples per round; the default leaves it to 'every miner done'")
     p.add_argument("--matchmaking_time", type=float, default=5.0)
     p.add_argument("--compression", default="none", choices=("none", "fp16", "8bit"),
@@ -206,6 +207,21 @@ def parse_args(argv: list[str] | None = None, *, description: str = "") -> argpa
         p.error("--miners: a swarm needs at least 2 miners to average")
     args.cheater_kinds = kinds
     return args
+
+
+def inspector_command(workdir: Path, *, run_id: str = RUN_ID, target_batch_size: int) -> str:
+    """The `scripts/inspect_dht.py` command line that watches the swarm started in `workdir`."""
+    return (f"{sys.executable} {REPO / 'scripts' / 'inspect_dht.py'} "
+            f"--initial_peers $(cat {workdir / 'initial_peers.txt'}) "
+            f"--run_id {run_id} --target_batch_size {target_batch_size}")
+
+
+def write_swarm_files(workdir: Path, peers: list[str], *, run_id: str = RUN_ID,
+                      target_batch_size: int) -> str:
+    """Write `initial_peers.txt` and `run_id.txt` in `workdir`; return the inspector command."""
+    (workdir / "initial_peers.txt").write_text(" ".join(peers) + "\n")
+    (workdir / "run_id.txt").write_text(run_id + "\n")
+    return inspector_command(workdir, run_id=run_id, target_batch_size=target_batch_size)
 
 
 def epoch_rows(miner_dir: Path) -> list[dict]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import inspect
 import logging
 import socket
@@ -42,6 +43,7 @@ from bittensor.core.synapse import TerminalInfo
 from starlette.responses import Response
 
 from template.chain.base import Chain, Metagraph
+from template.config import ConfigError
 from template.protocol import validate_request
 
 if TYPE_CHECKING:
@@ -246,12 +248,44 @@ def build_axon(
     return axon
 
 
+class AxonPortInUse(ConfigError):
+    """``--axon.port`` cannot be bound on ``--axon.ip``: another process listens on it."""
+
+    def __init__(self, port: int):
+        ValueError.__init__(self, f"--axon.port {port} is in use")
+        self.flag = "--axon.port"
+        self.port = port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`AxonPortInUse` unless ``host:port`` can be bound now.
+
+    Binds (and closes) a socket with ``SO_REUSEADDR``, as uvicorn does, so a port in TIME_WAIT
+    passes while one another server listens on fails. Port 0 (any free port) always passes.
+    """
+    if port == 0:
+        return
+    host = host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            if err.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise AxonPortInUse(port) from err
+            raise
+
+
 def start_axon(axon: bt.Axon, *, startup_timeout: float = 10.0) -> bt.Axon:
     """Start the Axon and wait until it accepts connections.
 
-    ``startup_timeout``: seconds to wait for the port to listen; a failure usually means the
-    port is taken (change ``--axon.port``).
+    Raises :class:`AxonPortInUse` (a :class:`ConfigError`, so the neuron exits 2 with
+    ``--axon.port N is in use``) before starting when the port cannot be bound: a check that
+    something accepts connections would be fooled by the other server.
+    ``startup_timeout``: seconds to wait for the port to listen.
     """
+    check_port_free(axon.fast_config.host, axon.port)
     axon.start()
     host = axon.fast_config.host
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host

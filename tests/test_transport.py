@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import time
 
 import aiohttp
@@ -19,11 +20,13 @@ from template.chain.local import LocalChain
 from template.chain.wallets import create_wallet
 from template.protocol import Reason
 from template.transport import (
+    AxonPortInUse,
     MetagraphCache,
     build_axon,
     build_dendrite,
     caller_priority,
     check_caller,
+    check_port_free,
     free_port,
     start_axon,
 )
@@ -239,6 +242,25 @@ def test_axon_listens_only_on_the_configured_host(net):
                    ip="0.0.0.0", port=free_port())
 
 
+def test_a_taken_axon_port_fails_at_start(net):
+    from template.config import ConfigError
+
+    with socket.socket() as other:  # another server already listens on the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        for host in ("127.0.0.1", "0.0.0.0"):
+            with pytest.raises(AxonPortInUse) as err:
+                check_port_free(host, port)
+            assert str(err.value) == f"--axon.port {port} is in use"
+            assert isinstance(err.value, ConfigError) and err.value.flag == "--axon.port"
+        axon = build_axon(wallet=net["wallets"]["miner"], handlers={}, graph=lambda: None,
+                          ip="127.0.0.1", port=port)
+        with pytest.raises(AxonPortInUse, match=f"^--axon.port {port} is in use$"):
+            start_axon(axon, startup_timeout=1.0)
+    check_port_free("127.0.0.1", port)  # free again once the other server closed
+
+
 def test_build_dendrite_never_looks_up_the_public_ip(net):
     from bittensor.utils import networking
 
@@ -272,3 +294,20 @@ def test_metagraph_cache_refreshes_in_the_background(tmp_path):
     while cache.get().uids != [0] and time.time() < deadline:
         time.sleep(0.02)
     assert cache.get().uids == [0]
+
+
+def test_miner_exits_2_with_one_line_when_its_axon_port_is_taken():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    miner = Path(__file__).resolve().parents[1] / "neurons" / "miner.py"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = subprocess.run([sys.executable, str(miner), "--axon.ip", "127.0.0.1",
+                               "--axon.port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"--axon.port {port} is in use"]
