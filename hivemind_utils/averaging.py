@@ -40,12 +40,13 @@ from hivemind.dht import DHT
 from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
 
-from hivemind_utils import compat
+from hivemind_utils import compat, robust
 from hivemind_utils.round_stats import AveragingResult, RoundRecorder
 from template.config import AveragingConfig
 
 logger = logging.getLogger(__name__)
 compat.install()  # before any averager forks: every peer process decodes 8-bit parts correctly
+robust.install()  # reducers of SwarmAverager rounds clip (hivemind_utils/robust.py)
 
 COMPRESSIONS: dict[str, type[CompressionBase]] = {
     "none": NoCompression,
@@ -279,7 +280,9 @@ class SwarmAverager(DecentralizedAverager):
             future.add_done_callback(lambda f: None if f.cancelled() or f.exception()
                                      else self._recorder.tap_runner(f.result()))
         try:
-            gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+            with robust.clipping(self.cfg.clip_factor):
+                gathered = await super()._aggregate_with_group(group_info, min_vector_size,
+                                                               **kwargs)
         except BaseException as err:
             result = self._recorder.finish(group_info, _runner_of(future), error=repr(err))
             if isinstance(err, Exception):
