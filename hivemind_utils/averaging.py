@@ -11,9 +11,9 @@
 The validator joins the same rounds with the same class and ``auxiliary=True``: it contributes
 weight 0, still reduces a shard, and so records every sender's upload (``result.senders``).
 
-Every reducer of a round takes a centered clip of its senders' parts instead of their plain
-mean (:mod:`hivemind_utils.robust`, ``--averaging.clip_factor``): one sender's influence is
-bounded whatever it sends, and honest rounds still give the exact mean.
+With ``--averaging.clip_factor > 0`` every reducer of a round takes a centered clip of its
+senders' parts instead of their plain mean (:mod:`hivemind_utils.robust`): one sender's
+influence is bounded whatever it sends.
 
 This is hivemind's :class:`~hivemind.averaging.DecentralizedAverager` with three seams used:
 ``rpc_aggregate_part`` (count each sender's incoming stream), ``_aggregate_with_group`` (read

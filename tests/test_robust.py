@@ -6,6 +6,8 @@ bound must hold for the class, not for one signature of it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -81,7 +83,8 @@ def test_live_round_with_a_poisoner_stays_near_the_honest_mean(dhts):  # noqa: F
     shared = [torch.randn(s) for s in SHAPES]
     honest = [[t + 0.5 * torch.randn(t.shape) for t in shared] for _ in range(3)]
     poison = [-20.0 * t for t in honest[0]]
-    peers = [SwarmAverager(dht=d, run_id="clip", cfg=FAST, part_size_bytes=PART,
+    clipped = dataclasses.replace(FAST, clip_factor=FACTOR)
+    peers = [SwarmAverager(dht=d, run_id="clip", cfg=clipped, part_size_bytes=PART,
                            tensors=[t.clone() for t in vals])
              for d, vals in zip(dhts, [*honest, poison], strict=True)]
     try:
