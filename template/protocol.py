@@ -206,6 +206,7 @@ class Reason(str, enum.Enum):
     WRONG_SEED = "wrong_seed"
     INCONSISTENT = "inconsistent"  # lengths or dimensions that do not fit together
     MINER_ERROR = "miner_error"  # the miner answered with an error / success=False
+    BUSY = "busy"  # the miner refused a round it cannot hold now (429): retry later
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,16 @@ _PYDANTIC_REASONS = (
 )
 
 
+REJECTED_PREFIX = "rejected request: "
+"""Start of the status message of a request the miner's checks refused (status 422), followed
+by ``str(Rejection)``: ``rejected request: inconsistent: need 1 <= ...``."""
+
+
+def _reason_of(text: str) -> Reason:
+    value = text.split(":", 1)[0].strip()
+    return next((r for r in Reason if r.value == value), Reason.MALFORMED)
+
+
 def transport_rejection(syn: bt.Synapse) -> Rejection | None:
     """A rejection when the Dendrite call itself failed (status != 200), else None.
 
@@ -265,6 +276,12 @@ def transport_rejection(syn: bt.Synapse) -> Rejection | None:
         return Rejection(Reason.UNVERIFIED, message)
     if code in (408, 504):
         return Rejection(Reason.TIMEOUT, message)
+    if code == 429:
+        return Rejection(Reason.BUSY, message[:MAX_ERROR_LEN])
+    if code == 413:
+        return Rejection(Reason.TOO_LARGE, message[:MAX_ERROR_LEN])
+    if code == 422 and message.startswith(REJECTED_PREFIX):
+        return Rejection(_reason_of(message[len(REJECTED_PREFIX):]), message[:MAX_ERROR_LEN])
     if code == 422:
         for marker, reason in _PYDANTIC_REASONS:
             if marker in message:

@@ -26,25 +26,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import errno
 import inspect
+import json
 import logging
 import socket
 import threading
 import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from inspect import Parameter, Signature
 from typing import TYPE_CHECKING, Any
 
 import bittensor as bt
 from bittensor.core.axon import AxonMiddleware
+from bittensor.core.errors import InvalidRequestNameError, SynapseException, SynapseParsingError
 from bittensor.core.synapse import TerminalInfo
+from pydantic import ValidationError
+from starlette.middleware import Middleware
+from starlette.middleware.base import RequestResponseEndpoint
+from starlette.requests import Request
 from starlette.responses import Response
 
 from template.chain.base import Chain, Metagraph
-from template.config import ConfigError
-from template.protocol import validate_request
+from template.config import BlacklistConfig, ConfigError
+from template.protocol import MAX_ERROR_LEN, REJECTED_PREFIX, validate_request
 
 if TYPE_CHECKING:
     from bittensor_wallet import Wallet
@@ -55,6 +63,13 @@ Handler = Callable[[Any], Awaitable[Any]] | Callable[[Any], Any]
 """A synapse handler: ``async def f(synapse) -> synapse`` (or sync; run in an executor)."""
 
 KEEP_ALIVE_TIMEOUT = 120.0
+MAX_BODY_BYTES = 2**20
+"""Largest request body the Axon reads (413 above it); a maximal Train is about 0.5 MB."""
+ROUND_SYNAPSES = frozenset({"AllReduce", "Train"})
+"""Synapses that need a validator permit or ``--blacklist.min_stake`` when callers must be
+staked."""
+ROUND_GATED = frozenset({"AllReduce"})
+"""Synapses held in the :class:`RoundGate` (one pending per hotkey, bounded overall)."""
 _IP_LOOKUP_LOCK = threading.Lock()
 
 
@@ -62,18 +77,92 @@ _IP_LOOKUP_LOCK = threading.Lock()
 
 
 def check_caller(graph: Metagraph, hotkey: str | None, *, force_validator_permit: bool,
-                 ) -> tuple[bool, str]:
-    """``(blacklisted, reason)`` for a caller: refuse unknown hotkeys, and callers without a
-    validator permit when ``force_validator_permit``."""
+                 min_stake: float | None = None) -> tuple[bool, str]:
+    """``(blacklisted, reason)`` for a caller: refuse unknown hotkeys, callers without a
+    validator permit when ``force_validator_permit``, and (when ``min_stake`` is given) callers
+    holding neither a validator permit nor ``min_stake``."""
     if not hotkey:
         return True, "no hotkey"
     uid = graph.uid_of(hotkey)
     if uid is None:
         return True, f"hotkey {hotkey} is not registered on netuid {graph.netuid}"
     neuron = graph.neuron(uid)
-    if force_validator_permit and (neuron is None or not neuron.validator_permit):
+    permit = neuron is not None and neuron.validator_permit
+    if force_validator_permit and not permit:
         return True, f"uid {uid} has no validator permit"
+    if min_stake is not None and not permit:
+        stake = neuron.stake if neuron is not None else 0.0
+        if not stake >= min_stake:
+            return True, (f"uid {uid} has no validator permit and stake {stake:g} < "
+                          f"--blacklist.min_stake {min_stake:g}")
     return False, f"uid {uid}"
+
+
+@dataclass(frozen=True)
+class CallerPolicy:
+    """Who may call which synapse (pure data; see :func:`check_caller`).
+
+    ``min_stake`` applies to the synapses named in ``staked_synapses`` (None: no stake gate).
+    Build it from the config with :meth:`from_config`.
+    """
+
+    force_validator_permit: bool = False
+    min_stake: float | None = None
+    staked_synapses: frozenset[str] = ROUND_SYNAPSES
+
+    @classmethod
+    def from_config(cls, blacklist: BlacklistConfig, *, local_devnet: bool) -> CallerPolicy:
+        gate = blacklist.rounds_need_stake(local_devnet=local_devnet)
+        return cls(force_validator_permit=blacklist.force_validator_permit,
+                   min_stake=blacklist.min_stake if gate else None)
+
+    def min_stake_for(self, synapse_name: str) -> float | None:
+        return self.min_stake if synapse_name in self.staked_synapses else None
+
+
+def admit_round(pending: Mapping[str, int], hotkey: str, *, max_pending: int) -> str | None:
+    """Why a new AllReduce from ``hotkey`` is refused, or None to admit it (pure).
+
+    ``pending`` counts the rounds each hotkey has in flight: a hotkey gets one at a time, and
+    the miner holds at most ``max_pending`` in all.
+    """
+    if pending.get(hotkey, 0) > 0:
+        return "busy: this hotkey already has an AllReduce round pending"
+    total = sum(pending.values())
+    if total >= max_pending:
+        return f"busy: {total} AllReduce rounds pending (--blacklist.max_pending_rounds)"
+    return None
+
+
+class RoundGate:
+    """Thread-safe counter of pending AllReduce rounds per caller, decided by
+    :func:`admit_round`. ``enter`` returns a refusal reason or None (then call ``leave``)."""
+
+    def __init__(self, *, max_pending: int):
+        if max_pending < 1:
+            raise ValueError("--blacklist.max_pending_rounds: must be >= 1")
+        self.max_pending = max_pending
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def enter(self, hotkey: str) -> str | None:
+        with self._lock:
+            refusal = admit_round(self._pending, hotkey, max_pending=self.max_pending)
+            if refusal is None:
+                self._pending[hotkey] = self._pending.get(hotkey, 0) + 1
+            return refusal
+
+    def leave(self, hotkey: str) -> None:
+        with self._lock:
+            left = self._pending.get(hotkey, 0) - 1
+            if left > 0:
+                self._pending[hotkey] = left
+            else:
+                self._pending.pop(hotkey, None)
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(self._pending.values())
 
 
 def caller_priority(graph: Metagraph, hotkey: str | None) -> float:
@@ -139,10 +228,12 @@ def _signature(synapse_type: type, returns: object) -> Signature:
 
 
 def make_blacklist_fn(synapse_type: type[bt.Synapse], graph: Callable[[], Metagraph], *,
-                      force_validator_permit: bool) -> Callable[..., tuple[bool, str]]:
+                      force_validator_permit: bool, min_stake: float | None = None,
+                      ) -> Callable[..., tuple[bool, str]]:
     def blacklist(synapse):  # type: ignore[no-untyped-def]
         hotkey = synapse.dendrite.hotkey if synapse.dendrite is not None else None
-        return check_caller(graph(), hotkey, force_validator_permit=force_validator_permit)
+        return check_caller(graph(), hotkey, force_validator_permit=force_validator_permit,
+                            min_stake=min_stake)
 
     blacklist.__signature__ = _signature(synapse_type, typing.Tuple[bool, str])  # noqa: UP006
     return blacklist
@@ -158,19 +249,25 @@ def make_priority_fn(synapse_type: type[bt.Synapse], graph: Callable[[], Metagra
     return priority
 
 
-def make_forward_fn(synapse_type: type[bt.Synapse], handler: Handler) -> Callable[..., Any]:
-    """Wrap a handler: reject malformed requests (``error`` set, handler not called), await
-    async handlers, and run sync handlers in an executor so they never block the event loop."""
+def make_forward_fn(synapse_type: type[bt.Synapse], handler: Handler, *,
+                    executor: concurrent.futures.Executor | None = None) -> Callable[..., Any]:
+    """Wrap a handler: answer malformed requests with 422 and the reason (``error`` set, handler
+    not called), await async handlers, and run sync handlers in ``executor`` (None: the
+    event loop's default pool) so they never block the event loop."""
 
     async def forward(synapse):  # type: ignore[no-untyped-def]
         rejection = validate_request(synapse)
         if rejection is not None:
+            message = f"{REJECTED_PREFIX}{rejection}"[:MAX_ERROR_LEN]
             if hasattr(synapse, "error"):
-                synapse.error = f"rejected request: {rejection}"[:512]
+                synapse.error = message
+            if synapse.axon is None:
+                synapse.axon = TerminalInfo()
+            synapse.axon.status_code, synapse.axon.status_message = 422, message
             return synapse
         if inspect.iscoroutinefunction(handler):
             return await handler(synapse)
-        return await asyncio.get_running_loop().run_in_executor(None, handler, synapse)
+        return await asyncio.get_running_loop().run_in_executor(executor, handler, synapse)
 
     forward.__signature__ = _signature(synapse_type, synapse_type)
     return forward
@@ -179,10 +276,111 @@ def make_forward_fn(synapse_type: type[bt.Synapse], handler: Handler) -> Callabl
 # ---------------------------------------------------------------- Axon
 
 
+class RequestRefused(SynapseException):
+    """A request answered with a 4xx before (or instead of) the handler: malformed input, or
+    a round refused as busy. The status and reason travel in the synapse's axon headers."""
+
+    def __init__(self, status: int, reason: str, synapse: bt.Synapse | None = None):
+        synapse = synapse if synapse is not None else bt.Synapse()
+        if synapse.axon is None:
+            synapse.axon = TerminalInfo()
+        reason = reason.replace("\r", " ").replace("\n", " ")[:MAX_ERROR_LEN]
+        synapse.axon.status_code, synapse.axon.status_message = status, reason
+        super().__init__(reason, synapse=synapse)
+        self.status = status
+
+
+def check_request_body(synapse_type: type[bt.Synapse], body: bytes, body_hash: str,
+                       ) -> tuple[int, str] | None:
+    """``(status, reason)`` when a request body is malformed, else None (pure).
+
+    The same checks as bittensor's ``verify_body_integrity`` (whose failures are bare 500s),
+    each with its own answer: 400 for bytes that are not a JSON object and for a body hash
+    that differs from the signed ``computed_body_hash`` header, 422 (pydantic's message, so
+    the Dendrite side can tell ``finite_number`` from ``too_long``) for values the schema
+    refuses.
+    """
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        return 400, f"body is not JSON: {err}"
+    if not isinstance(data, dict):
+        return 400, f"body is a JSON {type(data).__name__}, not an object"
+    try:
+        synapse = synapse_type(**data)
+    except ValidationError as err:
+        return 422, f"body does not fit {synapse_type.__name__}: {_short(err)}"
+    except (TypeError, ValueError) as err:
+        return 400, f"body does not fit {synapse_type.__name__}: {err}"
+    try:
+        computed = synapse.body_hash
+    except (TypeError, ValueError, AttributeError, RecursionError) as err:
+        return 400, f"body cannot be hashed: {err}"
+    if computed != body_hash:
+        return 400, "body hash mismatch: body differs from the signed computed_body_hash"
+    return None
+
+
+def _short(err: ValidationError) -> str:
+    """pydantic's message, one line, with the error type markers kept (``type=too_long``)."""
+    return " ".join(str(err).split())
+
+
 class FastResponseMiddleware(AxonMiddleware):
-    """bittensor's middleware with a faster response encoder (the Axon's ``middleware_cls``
-    hook). Same status defaults, body fields and headers as the parent; only the JSON encoder
-    differs (pydantic's, 30-40x faster than FastAPI's ``jsonable_encoder`` on float lists)."""
+    """bittensor's middleware (the Axon's ``middleware_cls`` hook) with three changes:
+
+    - Malformed requests get a 4xx with the reason in the ``axon.status_message`` header
+      (bittensor answers most of them ``500 Internal Server Error #uuid``): unparsable headers
+      400, no Content-Length 411, a body over ``max_body_bytes`` 413, a body that is not a JSON
+      object or does not match its signed hash 400, values the schema refuses 422 (see
+      :func:`check_request_body`). A handler that raises is still a 500.
+    - AllReduce requests pass the axon's :class:`RoundGate` (``axon.round_gate``): one
+      pending round per hotkey and a bounded number overall; the rest get 429 at once.
+    - Responses are encoded with pydantic's ``model_dump_json`` (30-40x faster than FastAPI's
+      ``jsonable_encoder`` on float lists); same status defaults, body fields and headers.
+    """
+
+    max_body_bytes = MAX_BODY_BYTES
+
+    async def preprocess(self, request: Request) -> bt.Synapse:
+        try:
+            return await super().preprocess(request)
+        except (SynapseParsingError, InvalidRequestNameError, ValidationError, TypeError,
+                ValueError, KeyError, UnicodeError) as err:
+            cause = err.__cause__ if err.__cause__ is not None else err
+            detail = _short(cause) if isinstance(cause, ValidationError) else str(cause)
+            raise RequestRefused(400, f"malformed headers: {type(cause).__name__}: {detail}",
+                                 ) from err
+
+    async def run(self, synapse: bt.Synapse, call_next: RequestResponseEndpoint,
+                  request: Request) -> Response:
+        body = await self._read_body(synapse, request)
+        synapse_type = self.axon.forward_class_types[str(synapse.name)]
+        bad = check_request_body(synapse_type, body, request.headers.get("computed_body_hash", ""))
+        if bad is not None:
+            raise RequestRefused(bad[0], bad[1], synapse)
+        gate: RoundGate | None = getattr(self.axon, "round_gate", None)
+        if gate is None or synapse.name not in ROUND_GATED:
+            return await super().run(synapse, call_next, request)
+        hotkey = str(synapse.dendrite.hotkey) if synapse.dendrite is not None else ""
+        refusal = gate.enter(hotkey)
+        if refusal is not None:
+            raise RequestRefused(429, refusal, synapse)
+        try:
+            return await super().run(synapse, call_next, request)
+        finally:
+            gate.leave(hotkey)
+
+    async def _read_body(self, synapse: bt.Synapse, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is None:
+            raise RequestRefused(411, "Content-Length required", synapse)
+        if not length.isdigit():
+            raise RequestRefused(400, f"bad Content-Length {length[:40]!r}", synapse)
+        if int(length) > self.max_body_bytes:
+            raise RequestRefused(413, f"body of {int(length)} bytes > {self.max_body_bytes}",
+                                 synapse)
+        return await request.body()
 
     @classmethod
     async def synapse_to_response(cls, synapse: bt.Synapse, start_time: float, *,
@@ -203,7 +401,6 @@ class FastResponseMiddleware(AxonMiddleware):
         return response
 
 
-
 def build_axon(
     *,
     wallet: Wallet,
@@ -214,6 +411,8 @@ def build_axon(
     external_ip: str = "",
     external_port: int = 0,
     force_validator_permit: bool = False,
+    policy: CallerPolicy | None = None,
+    max_pending_rounds: int = 4,
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
     max_workers: int | None = None,
     fast_responses: bool = True,
@@ -221,14 +420,21 @@ def build_axon(
     """An Axon bound to ``ip:port`` serving ``handlers`` (not started; see :func:`start_axon`).
 
     ``graph`` returns the metagraph used by blacklist and priority (a :class:`MetagraphCache`'s
-    ``get``). ``keep_alive_timeout``: seconds uvicorn keeps an idle connection; raise it if
+    ``get``). ``policy``: who may call what (None: ``CallerPolicy(force_validator_permit)``,
+    no stake gate; neurons pass :meth:`CallerPolicy.from_config`). ``max_pending_rounds``:
+    AllReduce requests held at once, each in a thread of its own pool so IsAlive and Train
+    never wait behind rounds; more get 429 (raise it if several validators log "busy" for one
+    round). ``keep_alive_timeout``: seconds uvicorn keeps an idle connection; raise it if
     validators log "Broken pipe" or 422 on large synapses. ``fast_responses``: encode
-    responses with :class:`FastResponseMiddleware` (False: bittensor's own encoder).
+    responses with :class:`FastResponseMiddleware` (False: bittensor's own middleware, with its
+    bare 500s and no round gate).
     """
     announce = external_ip or ip
     if announce in ("0.0.0.0", "::", ""):
         raise ValueError("--axon.external_ip: set the address to announce when binding "
                          f"--axon.ip {ip}")
+    policy = policy if policy is not None else CallerPolicy(
+        force_validator_permit=force_validator_permit)
     parser = argparse.ArgumentParser()
     bt.Axon.add_args(parser)
     config = bt.Config(parser, args=[])  # never read sys.argv: our flags are parsed elsewhere
@@ -237,15 +443,31 @@ def build_axon(
     axon.fast_config.host = ip
     axon.fast_config.timeout_keep_alive = int(keep_alive_timeout)
     if fast_responses:
-        axon.middleware_cls = FastResponseMiddleware  # read by attach()'s endpoints per call
+        _use_middleware(axon, FastResponseMiddleware)
+    axon.round_gate = RoundGate(max_pending=max_pending_rounds)
+    rounds = concurrent.futures.ThreadPoolExecutor(max_workers=max_pending_rounds,
+                                                   thread_name_prefix="axon-allreduce")
     for synapse_type, handler in handlers.items():
+        name = synapse_type.__name__
         axon.attach(
-            forward_fn=make_forward_fn(synapse_type, handler),
+            forward_fn=make_forward_fn(synapse_type, handler,
+                                       executor=rounds if name in ROUND_GATED else None),
             blacklist_fn=make_blacklist_fn(synapse_type, graph,
-                                           force_validator_permit=force_validator_permit),
+                                           force_validator_permit=policy.force_validator_permit,
+                                           min_stake=policy.min_stake_for(name)),
             priority_fn=make_priority_fn(synapse_type, graph),
         )
     return axon
+
+
+def _use_middleware(axon: bt.Axon, cls: type[AxonMiddleware]) -> None:
+    """Swap the Axon's middleware for ``cls``: the instance that dispatches requests (starlette
+    builds its stack on the first request, so replacing the registered entry is enough) and
+    ``middleware_cls``, which attach()'s endpoints read per call to encode responses."""
+    entries = axon.app.user_middleware
+    index = next(i for i, m in enumerate(entries) if m.cls is AxonMiddleware)
+    entries[index] = Middleware(cls, axon=axon)
+    axon.middleware_cls = cls
 
 
 class AxonPortInUse(ConfigError):

@@ -142,7 +142,8 @@ def test_malformed_request_is_answered_without_calling_the_handler(net):
     bad = P.AllReduce(epoch=5, round_id="e5-r1", target_group_size=2, min_group_size=4)
     reply = call(net["wallets"]["validator"], net["info"], bad)
     rejection = P.validate_allreduce_response(reply, epoch=5, round_id="e5-r1")
-    assert rejection.reason is Reason.MINER_ERROR and "rejected request" in rejection.detail
+    assert reply.dendrite.status_code == 422
+    assert rejection.reason is Reason.INCONSISTENT and "rejected request" in rejection.detail
     assert "allreduce_calls" not in STATE
 
 
@@ -165,10 +166,10 @@ def test_tampered_request_body_is_refused(net):
         url = f"http://127.0.0.1:{net['info'].port}/Train"
         async with aiohttp.ClientSession() as session, session.post(
                 url, headers=synapse.to_headers(), json=body) as response:
-            return response.status, await response.text()
+            return response.status, response.headers.get("bt_header_axon_status_message", "")
 
-    status, _text = asyncio.run(go())
-    assert status == 500  # bittensor raises "Hash mismatch" in its body check: a bare 500
+    status, reason = asyncio.run(go())
+    assert status == 400 and "body hash mismatch" in reason  # bittensor alone: a bare 500
     assert "train_calls" not in STATE
 
 
