@@ -337,6 +337,31 @@ class AveragingConfig:
 class BlacklistConfig:
     force_validator_permit: bool = False
     """Refuse synapses from hotkeys without a validator permit."""
+    round_callers: str = "auto"
+    """Who may call AllReduce and Train: `staked` (a validator permit, or at least
+    --blacklist.min_stake), `registered` (any registered hotkey), or `auto` (staked off the
+    local devnet, registered on it). Symptom of `registered` in production: stakeless hotkeys
+    start rounds and the validators' IsAlive probes time out."""
+    min_stake: float = 1000.0
+    """Stake, as the chain reports it (TAO on finney), that lets a hotkey without a validator
+    permit call AllReduce and Train when callers must be staked."""
+    max_pending_rounds: int = 4
+    """AllReduce requests a miner holds at once (each waits up to the round timeout in its own
+    thread); more are refused at once with 429. Raise it if more validators than this ask
+    for the same round and some log "busy"."""
+
+    def __post_init__(self) -> None:
+        _check(self.round_callers in ("auto", "staked", "registered"),
+               "--blacklist.round_callers", "use auto, staked or registered")
+        _check(self.min_stake >= 0 and self.min_stake == self.min_stake,
+               "--blacklist.min_stake", "must be a number >= 0")
+        _check(self.max_pending_rounds >= 1, "--blacklist.max_pending_rounds", "must be >= 1")
+
+    def rounds_need_stake(self, *, local_devnet: bool) -> bool:
+        """Do AllReduce/Train callers need a permit or --blacklist.min_stake?"""
+        if self.round_callers == "auto":
+            return not local_devnet
+        return self.round_callers == "staked"
 
 
 @dataclass(frozen=True)
