@@ -31,6 +31,7 @@ import errno
 import inspect
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -331,7 +332,8 @@ class FastResponseMiddleware(AxonMiddleware):
 
     - Malformed requests get a 4xx with the reason in the ``axon.status_message`` header
       (bittensor answers most of them ``500 Internal Server Error #uuid``): unparsable headers
-      400, no Content-Length 411, a body over ``max_body_bytes`` 413, a body that is not a JSON
+      400, no Content-Length 411, a body over ``max_body_bytes`` 413, a Content-Type other
+      than JSON 415 (FastAPI would hand the handler raw bytes), a body that is not a JSON
       object or does not match its signed hash 400, values the schema refuses 422 (see
       :func:`check_request_body`). A handler that raises is still a 500.
     - AllReduce requests pass the axon's :class:`RoundGate` (``axon.round_gate``): one
@@ -344,13 +346,18 @@ class FastResponseMiddleware(AxonMiddleware):
 
     async def preprocess(self, request: Request) -> bt.Synapse:
         try:
-            return await super().preprocess(request)
+            synapse = await super().preprocess(request)
         except (SynapseParsingError, InvalidRequestNameError, ValidationError, TypeError,
                 ValueError, KeyError, UnicodeError) as err:
             cause = err.__cause__ if err.__cause__ is not None else err
             detail = _short(cause) if isinstance(cause, ValidationError) else str(cause)
             raise RequestRefused(400, f"malformed headers: {type(cause).__name__}: {detail}",
                                  ) from err
+        timeout = synapse.timeout
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise RequestRefused(400, f"malformed headers: timeout {timeout} is not a finite "
+                                      "number > 0", synapse)
+        return synapse
 
     async def run(self, synapse: bt.Synapse, call_next: RequestResponseEndpoint,
                   request: Request) -> Response:
@@ -372,6 +379,11 @@ class FastResponseMiddleware(AxonMiddleware):
             gate.leave(hotkey)
 
     async def _read_body(self, synapse: bt.Synapse, request: Request) -> bytes:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not (media == "application/json"
+                or (media.startswith("application/") and media.endswith("+json"))):
+            raise RequestRefused(415, f"Content-Type {media[:60]!r} is not application/json",
+                                 synapse)
         length = request.headers.get("content-length")
         if length is None:
             raise RequestRefused(411, "Content-Length required", synapse)

@@ -134,6 +134,11 @@ def test_headers_round_trip_and_no_required_fields():
     (422, "Failed to parse response: List should have at most 256 items [type=too_long",
      Reason.TOO_LARGE),
     (422, "Failed to parse response: Expecting value", Reason.MALFORMED),
+    (429, "busy: this hotkey already has an AllReduce round pending", Reason.BUSY),
+    (413, "body of 2000000 bytes > 1048576", Reason.TOO_LARGE),
+    (422, "rejected request: inconsistent: need 1 <= min_group_size", Reason.INCONSISTENT),
+    (422, "rejected request: something-new: detail", Reason.MALFORMED),
+    (400, "body hash mismatch: body differs", Reason.UNVERIFIED),
 ])
 def test_transport_failures_map_to_reasons(status, message, reason):
     syn = good_train()
