@@ -45,6 +45,7 @@ from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
 
 from hivemind_utils import compat, robust
+from hivemind_utils.lifetime import DiesWithParent
 from hivemind_utils.round_stats import AveragingResult, RoundRecorder
 from template.config import AveragingConfig
 
@@ -101,8 +102,11 @@ def _buffers_like(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.zeros(tuple(p.shape), dtype=torch.float32) for p in params]
 
 
-class SwarmAverager(DecentralizedAverager):
+class SwarmAverager(DiesWithParent, DecentralizedAverager):
     """The one averager class of the subnet (miners and the validator's auxiliary peer).
+
+    Its process dies with the process that started it and ignores that process's group signals
+    (:mod:`hivemind_utils.lifetime`).
 
     :param dht: a running DHT of the swarm (:func:`hivemind_utils.dht.start_dht`).
     :param run_id: groups form only among peers of the same run (and same tensor shapes).

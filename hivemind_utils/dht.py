@@ -22,11 +22,14 @@ from hivemind.p2p import P2PDaemonError
 from hivemind.utils.crypto import RSAPrivateKey
 from hivemind.utils.multiaddr import Multiaddr
 
+from hivemind_utils import compat
 from hivemind_utils.identity import ensure_identity, load_or_create_record_key, record_key_path
+from hivemind_utils.lifetime import DiesWithParent
 from hivemind_utils.records import public_key_subkey, record_validators
 from template.config import DHTConfig
 
 logger = logging.getLogger(__name__)
+compat.install_p2pd_death_signal()  # before any DHT forks: its p2pd dies with the DHT process
 
 
 class DHTError(RuntimeError):
@@ -45,11 +48,13 @@ class DHTStartError(DHTError):
     """The local p2p daemon did not start (raise ``--dht.startup_timeout`` on a slow machine)."""
 
 
-class SwarmDHT(hivemind.DHT):
+class SwarmDHT(DiesWithParent, hivemind.DHT):
     """A ``hivemind.DHT`` that knows the RSA key its record validator signs with.
 
     Publishers need that key's public part to build their subkey (hivemind's validator signs a
-    record only when the subkey carries the DHT's own public key).
+    record only when the subkey carries the DHT's own public key). Its process (and p2pd) dies
+    with the process that started it and ignores that process's group signals
+    (:mod:`hivemind_utils.lifetime`).
     """
 
     def __init__(self, *args: object, record_key: RSAPrivateKey, run_id: str, **kwargs: object):

@@ -9,31 +9,28 @@ is listed by ``--help`` and documented in docs/validator.md.
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import bittensor  # noqa: F401  (import before hivemind: it resets existing loggers)
 
+from hivemind_utils.lifetime import stoppable
 from template.config import parse_config
 from template.telemetry import setup_logging
 from template.validator.validator import Validator
 
 
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the loop like Ctrl+C: state is saved on close
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv, description="Collaborative-training validator")
     log = setup_logging(cfg.logging, name=f"validator-{cfg.wallet.name}")
-    validator = Validator(cfg)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        validator.run()
-    except KeyboardInterrupt:
-        log.info("interrupted")
-    finally:
-        validator.close()
+    # SIGTERM/SIGINT (to the PID or its group) interrupt the loop like Ctrl+C; state is saved
+    # on close, within --neuron.stop_timeout, and no child process outlives the validator.
+    with stoppable(stop_timeout=cfg.neuron.stop_timeout, log=log) as stopper:
+        validator = Validator(cfg)
+        try:
+            validator.run()
+        finally:
+            stopper.closing()
+            validator.close()
     return 0
 
 

@@ -137,6 +137,11 @@ class NeuronConfig:
     adversary: str = ""
     """RED-TEAM ONLY, off by default: `lazy`, `random-gradient`, `copycat`, `no-show` or
     `slow-link` (see docs/validator.md)."""
+    stop_timeout: float = 20.0
+    """Seconds a SIGTERM/SIGINT-ed neuron gets to stop cleanly (save state, leave the swarm)
+    before it kills its child processes and exits 1; raise it if the log says the stop was
+    forced, and keep a supervisor's kill timeout (pm2 `kill_timeout`, systemd
+    `TimeoutStopSec`) above it."""
 
     def __post_init__(self) -> None:
         _check(
@@ -152,6 +157,7 @@ class NeuronConfig:
         _check(self.epochs >= 0, "--neuron.epochs", "must be >= 0 (0 = forever)")
         _check(self.linger >= 0, "--neuron.linger", "must be >= 0 seconds")
         _check(self.resync_every >= 0, "--neuron.resync_every", "must be >= 0 (0 = never)")
+        _check(self.stop_timeout > 0, "--neuron.stop_timeout", "must be > 0 seconds")
         _check(
             self.adversary in ("", *ADVERSARIES),
             "--neuron.adversary",
