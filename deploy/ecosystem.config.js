@@ -28,6 +28,10 @@ module.exports = {
       env: { HF_TOKEN: "<HF_WRITE_TOKEN>", WANDB_API_KEY: "<WANDB_KEY>" },
       max_restarts: 10,
       restart_delay: 10000,
+      // Signal the neuron only (it stops its DHT/averager/p2pd itself) and give it longer than
+      // --neuron.stop_timeout (20 s) before pm2 sends SIGKILL (pm2's default is 1.6 s).
+      treekill: false,
+      kill_timeout: 30000,
     },
     {
       name: "validator",
@@ -42,6 +46,10 @@ module.exports = {
       env: { WANDB_API_KEY: "<WANDB_KEY>" },
       max_restarts: 10,
       restart_delay: 10000,
+      // Signal the neuron only (it stops its DHT/averager/p2pd itself) and give it longer than
+      // --neuron.stop_timeout (20 s) before pm2 sends SIGKILL (pm2's default is 1.6 s).
+      treekill: false,
+      kill_timeout: 30000,
     },
   ],
 };
