@@ -158,3 +158,34 @@ def test_p2pd_dies_with_the_process_that_launched_it(tmp_path: Path) -> None:
             with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
                 proc.kill()
         launcher.wait(timeout=10)
+
+
+_STUCK = """
+import logging, os, signal, subprocess, sys, time
+from hivemind_utils.lifetime import StopController
+logging.basicConfig(level=logging.INFO)
+StopController(stop_timeout=1.0, on_stop=lambda: None).install()  # a stop that never finishes
+child = subprocess.Popen(["sleep", "60"])
+print(child.pid, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(60)
+"""
+
+
+def test_a_stop_past_stop_timeout_kills_the_children_and_exits_1() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    child: psutil.Process | None = None
+    try:
+        assert proc.stdout is not None
+        child = psutil.Process(int(proc.stdout.readline()))
+        _TRACKED.append(child)
+        assert proc.wait(timeout=15) == 1
+        assert _wait_gone([child], 3.0) == []
+        assert "graceful stop took longer than --neuron.stop_timeout" in proc.stderr.read()
+    finally:
+        for p in (proc, child):
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                p.kill()
+        proc.wait(timeout=10)
+        _TRACKED.clear()
