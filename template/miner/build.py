@@ -24,7 +24,7 @@ from template.proof import sketch_seed
 from template.protocol import AllReduce, IsAlive, Train
 from template.telemetry import Telemetry
 from template.training import build_optimizer
-from template.transport import MetagraphCache, build_axon, start_axon
+from template.transport import CallerPolicy, MetagraphCache, build_axon, start_axon
 from template.wallet import load_wallet
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,8 @@ def _serve(miner: Miner, cfg: Config, wallet: bt.Wallet, chain, *, dht_peer: str
     axon = build_axon(
         wallet=wallet, graph=MetagraphCache(chain).get, ip=cfg.axon.ip, port=cfg.axon.port,
         external_ip=cfg.axon.external_ip, external_port=cfg.axon.external_port,
-        force_validator_permit=cfg.blacklist.force_validator_permit,
+        policy=CallerPolicy.from_config(cfg.blacklist, local_devnet=cfg.subtensor.is_local_devnet),
+        max_pending_rounds=cfg.blacklist.max_pending_rounds,
         handlers={Train: handlers.train, AllReduce: handlers.allreduce,
                   IsAlive: handlers.is_alive},
     )
