@@ -24,6 +24,7 @@ from template.data.shards import (
 from template.data.sources import (
     FINEWEB_COLUMNS,
     ParquetPageSource,
+    ShardCorrupt,
     ShardError,
     build_page_source,
     fineweb_source,
@@ -189,3 +190,124 @@ def test_fineweb_source_offline_gives_shard_error():
         fineweb_source()
     with pytest.raises(ShardError, match="not supported"):
         fineweb_source(config="default", fs=fsspec.filesystem("file"))
+
+
+# ------------------------------------------------------------------ content hashes
+
+
+def _read_all(path: Path) -> list[str]:
+    src = ParquetPageSource([str(path)], require_hashes=True, cache_row_groups=1)
+    return src.pages(range(src.num_pages))
+
+
+@pytest.fixture(scope="module")
+def one_shard(tmp_path_factory) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("hashed")
+    records = (make_record(t, source="h", number=i, dump="d") for i, t in enumerate(TEXTS))
+    (path,) = write_shards(records, out, rows_per_group=8, rows_per_shard=1000,
+                           tokenizer=load_tokenizer(offline=True))
+    return path, _read_all(path)
+
+
+def _classify(path: Path, expected: list[str]) -> str:
+    try:
+        texts = _read_all(path)
+    except ShardCorrupt as err:
+        return "hash" if "sha256 mismatch" in str(err) else "parquet"
+    except ShardError:
+        return "parquet"  # metadata damage: schema, lost hash key
+    return "unchanged" if texts == expected else "silent"
+
+
+def test_single_byte_flips_never_change_text_silently(one_shard, tmp_path):
+    path, expected = one_shard
+    data = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata
+    text_col = [meta.row_group(g).column(0) for g in range(meta.num_row_groups)]
+    spans = [(c.dictionary_page_offset or c.data_page_offset,
+              (c.dictionary_page_offset or c.data_page_offset) + c.total_compressed_size)
+             for c in text_col]
+    rng = random.Random(12)
+    positions = [rng.randrange(a, b) for a, b in rng.sample(spans * 10, 30)]  # text chunks
+    positions += [rng.randrange(len(data)) for _ in range(20)]  # anywhere, footer included
+    counts: dict[str, int] = {}
+    in_text: list[str] = []
+    bad = tmp_path / "flip.parquet"
+    for pos in positions:
+        flipped = bytearray(data)
+        flipped[pos] ^= 1 << rng.randrange(8)
+        bad.write_bytes(bytes(flipped))
+        kind = _classify(bad, expected)
+        counts[kind] = counts.get(kind, 0) + 1
+        if any(a <= pos < b for a, b in spans):
+            in_text.append(kind)
+    print("flips", len(positions), counts)
+    assert counts.get("silent", 0) == 0
+    # flips of text-chunk bytes that decode to the same text (page-header statistics, crc)
+    # are harmless; every other one is rejected
+    assert in_text and {"hash", "parquet"} & set(in_text)
+    assert counts.get("hash", 0) > 0
+
+
+def test_fuzzed_shards_give_typed_rejections(one_shard, tmp_path):
+    path, expected = one_shard
+    data = path.read_bytes()
+    rng = random.Random(7)
+    bad = tmp_path / "fuzz.parquet"
+    kinds: dict[str, int] = {}
+    for trial in range(300):
+        mode = trial % 3
+        if mode == 0:  # truncation
+            blob = data[:rng.randrange(len(data))]
+        elif mode == 1:  # several random bytes
+            blob = bytearray(data)
+            for _ in range(rng.randint(1, 8)):
+                blob[rng.randrange(len(blob))] = rng.randrange(256)
+            blob = bytes(blob)
+        else:  # valid parquet, wrong hash metadata
+            table = pq.read_table(path)
+            record = json.loads(table.schema.metadata[sources.HASH_KEY])
+            choice = rng.randrange(4)
+            if choice == 0:
+                record["sha256"][rng.randrange(len(record["sha256"]))] = "0" * 64
+            elif choice == 1:
+                record["rows"] = record["rows"][:-1]
+            elif choice == 2:
+                record["version"] = 99
+            else:
+                record = "{not json"
+            raw = record if isinstance(record, str) else json.dumps(record)
+            pq.write_table(table.replace_schema_metadata({sources.HASH_KEY: raw.encode()}),
+                           bad, row_group_size=8)
+            blob = bad.read_bytes()
+        bad.write_bytes(blob)
+        kind = _classify(bad, expected)
+        assert kind != "silent", f"trial {trial}: corrupted shard served altered text"
+        if mode != 1:
+            assert kind in ("parquet", "hash"), f"trial {trial} ({mode}): {kind}"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    print("fuzz", kinds)
+
+
+def test_unhashed_shards_are_refused_with_the_rebuild_command(one_shard, tmp_path):
+    path, expected = one_shard
+    table = pq.read_table(path).replace_schema_metadata(None)
+    pq.write_table(table, tmp_path / "old.parquet", row_group_size=8)
+    with pytest.raises(ShardError, match="old.parquet.*no text hashes.*build_shards.py"):
+        local_source(tmp_path)
+    # without the requirement (FineWeb over the Hub carries none) the text reads as before
+    assert ParquetPageSource([str(tmp_path / "old.parquet")]).pages(range(40)) == expected
+    assert expected == TEXTS
+
+
+def test_damaged_hashed_shard_is_refused_when_resharded(one_shard, tmp_path):
+    path, _ = one_shard
+    table = pq.read_table(path)
+    record = json.loads(table.schema.metadata[sources.HASH_KEY])
+    record["sha256"][0] = "f" * 64
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(table.replace_schema_metadata(
+        {sources.HASH_KEY: json.dumps(record).encode()}), src / "x.parquet", row_group_size=8)
+    with pytest.raises(ShardCorrupt, match="x.parquet: row group 0 text sha256 mismatch"):
+        build_shards([src], tmp_path / "out", tokenizer=load_tokenizer(offline=True))

@@ -25,6 +25,7 @@ from template.data.sources import (
     FINEWEB_COLUMNS,
     PageSource,
     ParquetPageSource,
+    ShardCorrupt,
     ShardError,
     build_page_source,
     fineweb_source,
@@ -34,7 +35,8 @@ from template.data.tokenizer import EOS_ID, VOCAB_SIZE, TokenizerError, load_tok
 
 __all__ = [
     "EOS_ID", "FINEWEB_COLUMNS", "FINEWEB_SCHEMA", "VOCAB_SIZE", "PageSource",
-    "ParquetPageSource", "ShardError", "TokenBatcher", "TokenizerError", "assign_pages",
+    "ParquetPageSource", "ShardCorrupt", "ShardError", "TokenBatcher", "TokenizerError",
+    "assign_pages",
     "batch_at", "build_demo_shards", "build_page_source", "build_shards", "encode_documents",
     "ensure_demo_shards", "epoch_batches", "fineweb_source", "load_tokenizer", "local_source",
     "num_batches", "token_stream", "write_shards",

@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from template.data.sources import FINEWEB_COLUMNS
+from template.data.sources import FINEWEB_COLUMNS, HASH_KEY, HASH_VERSION, text_digest
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ FINEWEB_SCHEMA = pa.schema([
     ("language_score", pa.float64()), ("token_count", pa.int64()),
 ])
 MANIFEST = "demo-manifest.json"
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: shards carry per-row-group text hashes (older ones are rebuilt)
 _DATE = "1970-01-01T00:00:00Z"  # fixed: a build time would make shards differ between builds
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
               "encodings"}  # encodings: generated codec tables, the same boilerplate 90 times
@@ -103,7 +103,8 @@ def write_shards(records: Iterable[dict[str, Any]], out_dir: str | os.PathLike[s
     """Write ``records`` as ``{prefix}-00000.parquet``, ... and return their paths.
 
     Old ``{prefix}-*.parquet`` files in ``out_dir`` are removed first so a rebuild never mixes
-    with stale shards. Small row groups (``rows_per_group``) make page reads cheap.
+    with stale shards. Small row groups (``rows_per_group``) make page reads cheap. Each file's
+    footer records the sha256 of every row group's text (``HASH_KEY``), checked on read.
     """
     if rows_per_group < 1 or rows_per_shard < 1:
         raise ValueError("--rows-per-group and --rows-per-shard must be >= 1")
@@ -120,9 +121,18 @@ def write_shards(records: Iterable[dict[str, Any]], out_dir: str | os.PathLike[s
     while chunk := list(islice(it, rows_per_shard)):
         _count_tokens(chunk, tokenizer)
         table = pa.Table.from_pylist(chunk, schema=FINEWEB_SCHEMA)
+        groups = [chunk[i:i + rows_per_group] for i in range(0, len(chunk), rows_per_group)]
+        if any(not isinstance(r["text"], str) for r in chunk):
+            raise ValueError("every record needs a str text")
+        record = {"version": HASH_VERSION, "rows": [len(g) for g in groups],
+                  "sha256": [text_digest([r["text"] for r in g]) for g in groups]}
+        table = table.replace_schema_metadata({HASH_KEY: json.dumps(record).encode()})
         path = out / f"{prefix}-{len(paths):05d}.parquet"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         pq.write_table(table, tmp, row_group_size=rows_per_group, compression="zstd")
+        written = pq.ParquetFile(tmp).metadata
+        assert [written.row_group(g).num_rows for g in range(written.num_row_groups)] == \
+            record["rows"], "row groups differ from the hashed slices"
         os.replace(tmp, path)
         paths.append(path)
     if not paths:
@@ -171,9 +181,12 @@ def text_file_records(files: Iterable[Path], *, target_chars: int,
 
 
 def _parquet_records(path: Path) -> Iterator[dict[str, Any]]:
-    from template.data.sources import read_row_counts
+    from template.data.sources import ParquetPageSource, read_shard_index
 
-    read_row_counts(str(path))  # raises ShardError naming the file on a bad schema
+    _, hashes = read_shard_index(str(path))  # ShardError naming the file on a bad schema
+    if hashes is not None:  # one of our shards: re-check its text before copying it
+        source = ParquetPageSource([str(path)], require_hashes=True, cache_row_groups=1)
+        source.pages(range(source.num_pages))
     for batch in pq.ParquetFile(path).iter_batches(columns=list(FINEWEB_COLUMNS)):
         yield from batch.to_pylist()
 

@@ -42,6 +42,54 @@ class ShardError(ValueError):
     """A shard (or the folder/listing of shards) cannot serve pages; the message names it."""
 
 
+class ShardCorrupt(ShardError):
+    """A shard's bytes are damaged: parquet cannot decode it, or a row group's text does not
+    match the sha256 the builder recorded. Never serve its text; rebuild the shard."""
+
+
+HASH_KEY = b"template.text_sha256"
+"""Parquet key-value metadata key of a local shard: JSON ``{"version": 1, "rows": [...],
+"sha256": [...]}``, one entry per row group (see :func:`text_digest`)."""
+HASH_VERSION = 1
+REBUILD_HINT = ("rebuild it with `python scripts/build_shards.py --demo --out DIR` (or "
+                "`--inputs FILES --out DIR` for your own text)")
+
+
+def text_digest(texts: Sequence[str]) -> str:
+    """sha256 (hex) of the canonical bytes of one row group's ``text`` column.
+
+    Canonical bytes: ``b"text-v1\\0"``, then per row the UTF-8 length as 8-byte little-endian
+    and the UTF-8 bytes. Independent of parquet encoding and compression.
+    """
+    h = hashlib.sha256(b"text-v1\0")
+    for text in texts:
+        data = text.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def read_text_hashes(path: str, meta: pq.FileMetaData) -> list[str] | None:
+    """The per-row-group text hashes recorded in a shard's footer; ``None`` if it has none."""
+    kv = meta.metadata or {}
+    if HASH_KEY not in kv:
+        return None
+    counts = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    try:
+        record = json.loads(kv[HASH_KEY])
+        hashes, rows = record["sha256"], record["rows"]
+        ok = (record["version"] == HASH_VERSION and rows == counts
+              and len(hashes) == len(counts)
+              and all(isinstance(h, str) and len(h) == 64 for h in hashes))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ShardCorrupt(f"shard {path}: unreadable text hashes in the footer ({err}); "
+                           f"{REBUILD_HINT}") from err
+    if not ok:
+        raise ShardCorrupt(f"shard {path}: text hashes in the footer do not match its row "
+                           f"groups; {REBUILD_HINT}")
+    return hashes
+
+
 @runtime_checkable
 class PageSource(Protocol):
     """Anything that returns the text of page ``index`` for ``0 <= index < num_pages``."""
@@ -63,13 +111,19 @@ def _with_parquet(fs: Any, path: str, fn: Callable[[pq.ParquetFile], T]) -> T:
 def read_row_counts(path: str, *, fs: Any = None,
                     required: Sequence[str] = FINEWEB_COLUMNS) -> list[int]:
     """Rows per row group of one shard, after checking it is a non-empty FineWeb-schema file."""
+    return read_shard_index(path, fs=fs, required=required)[0]
+
+
+def read_shard_index(path: str, *, fs: Any = None, required: Sequence[str] = FINEWEB_COLUMNS,
+                     ) -> tuple[list[int], list[str] | None]:
+    """``(rows per row group, text hashes or None)`` of one non-empty FineWeb-schema shard."""
     if fs is None and not os.path.isfile(path):
         raise ShardError(f"shard {path}: file is missing")
     try:
         meta = _with_parquet(fs, path, lambda f: f.metadata)
         schema = meta.schema.to_arrow_schema()
-    except (OSError, pa.ArrowException) as err:
-        raise ShardError(f"shard {path}: not a readable parquet file ({err})") from err
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise ShardCorrupt(f"shard {path}: not a readable parquet file ({err})") from err
     missing = [c for c in required if c not in schema.names]
     if missing:
         raise ShardError(f"shard {path}: wrong schema, missing columns {missing} "
@@ -81,7 +135,7 @@ def read_row_counts(path: str, *, fs: Any = None,
     counts = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     if sum(counts) == 0:
         raise ShardError(f"shard {path}: empty (no rows)")
-    return counts
+    return counts, read_text_hashes(path, meta)
 
 
 class ParquetPageSource:
@@ -90,17 +144,27 @@ class ParquetPageSource:
     ``row_counts[f][g]`` (rows of row group ``g`` of file ``f``) defines the index; pass it to
     skip re-reading the footers (e.g. from a cached index), else it is read and validated here.
     ``cache_row_groups`` row groups' text stays in memory: pages of one group cost one read.
+    ``require_hashes`` (local shards): every file must carry the builder's per-row-group text
+    hashes, and each row group read from disk is checked against them (:class:`ShardCorrupt`).
     """
 
     def __init__(self, files: Sequence[str], *, fs: Any = None,
                  row_counts: Sequence[Sequence[int]] | None = None,
-                 cache_row_groups: int = 8) -> None:
+                 cache_row_groups: int = 8, require_hashes: bool = False) -> None:
         if not files:
             raise ShardError("no shard files given")
         self.files = [str(f) for f in files]
         self._fs = fs
-        if row_counts is None:
-            row_counts = [read_row_counts(f, fs=fs) for f in self.files]
+        self.hashes: list[list[str] | None] = [None] * len(self.files)
+        if row_counts is None or require_hashes:
+            index = [read_shard_index(f, fs=fs) for f in self.files]
+            row_counts = row_counts if row_counts is not None else [c for c, _ in index]
+            self.hashes = [h for _, h in index]
+        if require_hashes:
+            for path, hashes in zip(self.files, self.hashes, strict=True):
+                if hashes is None:
+                    raise ShardError(f"shard {path}: no text hashes (built before shards "
+                                     f"carried them); {REBUILD_HINT}")
         if len(row_counts) != len(self.files):
             raise ShardError(f"row_counts has {len(row_counts)} entries for {len(files)} files")
         self.row_counts = [list(c) for c in row_counts]
@@ -138,16 +202,23 @@ class ParquetPageSource:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         path = self.files[key[0]]
+        if self._fs is None and not os.path.isfile(path):
+            raise ShardError(f"shard {path}: file is missing (removed after indexing)")
         try:
             table = _with_parquet(self._fs, path,
                                   lambda f: f.read_row_group(key[1], columns=["text"]))
-        except (OSError, pa.ArrowException) as err:
-            raise ShardError(f"shard {path}: cannot read row group {key[1]} ({err})") from err
-        texts = table.column("text").to_pylist()
+            texts = table.column("text").to_pylist()
+        except (OSError, pa.ArrowException, ValueError, IndexError) as err:
+            raise ShardCorrupt(f"shard {path}: cannot read row group {key[1]} "
+                               f"({type(err).__name__}: {err}); {REBUILD_HINT}") from err
         expected = self.row_counts[key[0]][key[1]]
         if len(texts) != expected or any(t is None for t in texts):
-            raise ShardError(f"shard {path}: row group {key[1]} changed since it was indexed "
-                             f"or has null text ({len(texts)} rows, expected {expected})")
+            raise ShardCorrupt(f"shard {path}: row group {key[1]} changed since it was indexed "
+                               f"or has null text ({len(texts)} rows, expected {expected})")
+        hashes = self.hashes[key[0]]
+        if hashes is not None and text_digest(texts) != hashes[key[1]]:
+            raise ShardCorrupt(f"shard {path}: row group {key[1]} text sha256 mismatch (the "
+                               f"file is damaged); {REBUILD_HINT}")
         with self._lock:
             self._cache[key] = texts
             while len(self._cache) > self._cache_size:
@@ -189,8 +260,14 @@ def shard_files(directory: str | os.PathLike[str]) -> list[str]:
 
 def local_source(directory: str | os.PathLike[str], *,
                  cache_row_groups: int = 8) -> ParquetPageSource:
-    """Pages of the local FineWeb-schema shards in ``directory`` (every file is validated)."""
-    return ParquetPageSource(shard_files(directory), cache_row_groups=cache_row_groups)
+    """Pages of the local FineWeb-schema shards in ``directory`` (every file is validated).
+
+    Every shard must carry text hashes (built by this version's ``scripts/build_shards.py``);
+    older shards are refused with the rebuild command, and a damaged row group raises
+    :class:`ShardCorrupt` when it is read.
+    """
+    return ParquetPageSource(shard_files(directory), cache_row_groups=cache_row_groups,
+                             require_hashes=True)
 
 
 def _fineweb_root(repo_id: str, config: str, revision: str) -> str:
