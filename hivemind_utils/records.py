@@ -17,6 +17,7 @@ re-parse every value (:func:`parse_progress`) because a value is network input.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Dict, Optional  # noqa: UP035 - pydantic.v1 needs typing generics on py3.10
 
@@ -89,6 +90,12 @@ def record_validators(run_id: str, private_key: RSAPrivateKey) -> list[RecordVal
 def public_key_subkey(private_key: RSAPrivateKey) -> bytes:
     """The ``[owner:<public key>]`` subkey under which the owner of ``private_key`` writes."""
     return RSASignatureValidator(private_key).local_public_key
+
+
+def record_key_id(subkey: bytes) -> str:
+    """The short id of a record-signing key (32 hex digits of the SHA-256 of its subkey): what a
+    miner commits on chain beside its PeerID, so readers can tell bound signers from strangers."""
+    return hashlib.sha256(subkey).hexdigest()[:32]
 
 
 _OWNER_RE = re.compile(RSASignatureValidator.PUBLIC_KEY_REGEX)

@@ -9,12 +9,22 @@ A peer is *live* while its record has not expired: records carry a DHT expiratio
 that stops reporting vanishes ``expiration`` seconds after its last report. The global epoch is
 the largest epoch among live peers; ``samples_accumulated`` sums only the peers at that epoch
 (hivemind's ``ProgressTracker`` rule: stragglers will resync before they count again).
+
+Anyone who reaches the DHT can sign records with a key of its own making, so readers that steer
+the swarm pass an :class:`Admission`: only records whose signing key is bound on chain to the
+hotkey they name count (the others are listed in ``SwarmState.unbound``, counted nowhere), an
+epoch beyond the last canonical checkpoint + 1 is ignored, and samples are capped at what one
+peer can contribute to a round. :class:`AdmissionCache` keeps a recent admission from the chain
+and the checkpoint store without a round trip per read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import hivemind
@@ -22,7 +32,12 @@ from hivemind.p2p import PeerID
 from hivemind.utils import ValueWithExpiration, get_dht_time
 
 from hivemind_utils.dht import SwarmDHT
-from hivemind_utils.records import PeerProgressRecord, parse_progress, progress_key
+from hivemind_utils.records import (
+    PeerProgressRecord,
+    parse_progress,
+    progress_key,
+    record_key_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +69,55 @@ class SwarmState:
     peers: list[PeerProgress] = field(default_factory=list)
     rejected: int = 0
     """Records present but refused by the reader (bad schema, no owner key); 0 normally."""
+    unbound: list[PeerProgress] = field(default_factory=list)
+    """Valid records whose signing key no registered hotkey bound (not counted anywhere)."""
+    implausible: int = 0
+    """Bound records claiming an epoch beyond ``Admission.max_epoch`` (ignored)."""
 
     def to_json(self) -> dict[str, object]:
         """The inspector's ``--json`` object (``rejected`` left out: readers rarely see any)."""
         out = dataclasses.asdict(self)
         out.pop("rejected")
         return out
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Which progress records may steer the swarm (see the module docstring)."""
+
+    keys: Mapping[str, str]
+    """``{record key id: hotkey}`` bound on chain (``Chain.record_keys``)."""
+    max_epoch: int | None = None
+    """Highest believable epoch: the last canonical checkpoint's + 1 (None: no bound)."""
+    max_samples: int | None = None
+    """Cap on one peer's samples (None: no cap)."""
+
+    def admits(self, subkey: bytes, record: PeerProgressRecord) -> bool:
+        return self.keys.get(record_key_id(subkey)) == record.hotkey
+
+
+class AdmissionCache:
+    """A recent :class:`Admission` built by ``load`` (chain commitments, store's last epoch).
+
+    :param refresh_interval: seconds an admission is reused; a newly bound miner is admitted at
+      most this late. :meth:`get` with ``fresher_than`` reloads sooner (at most once per
+      ``min_interval`` s), for a reader that saw a record just beyond the bound.
+    """
+
+    def __init__(self, load: Callable[[], Admission], *, refresh_interval: float = 10.0,
+                 min_interval: float = 1.0):
+        self._load, self.refresh_interval, self.min_interval = load, refresh_interval, min_interval
+        self._lock = threading.Lock()
+        self._value: Admission | None = None
+        self._at = 0.0
+
+    def get(self, *, fresher_than: float | None = None) -> Admission:
+        max_age = self.refresh_interval if fresher_than is None else max(self.min_interval,
+                                                                         fresher_than)
+        with self._lock:
+            if self._value is None or time.monotonic() - self._at > max_age:
+                self._value, self._at = self._load(), time.monotonic()
+            return self._value
 
 
 def should_start_round(state: SwarmState) -> bool:
@@ -82,12 +140,26 @@ def epoch_work_done(state: SwarmState, *, min_peers: int, waited: float,
     return len(here) == len(state.peers) or waited >= straggler_wait
 
 
-def read_swarm_state(dht: hivemind.DHT, *, run_id: str, target_batch_size: int) -> SwarmState:
-    """Every peer's latest valid, unexpired record for ``run_id``, as a :class:`SwarmState`."""
+def read_swarm_state(dht: hivemind.DHT, *, run_id: str, target_batch_size: int,
+                     admission: Admission | AdmissionCache | None = None) -> SwarmState:
+    """Every peer's latest valid, unexpired record for ``run_id``, as a :class:`SwarmState`.
+
+    With ``admission``, only records it admits count (see :class:`Admission`); a cache is asked
+    again, sooner than its interval, when a bound record claims an epoch beyond its bound (the
+    swarm may just have pushed a checkpoint).
+    """
+    if isinstance(admission, AdmissionCache):
+        state = read_swarm_state(dht, run_id=run_id, target_batch_size=target_batch_size,
+                                 admission=admission.get())
+        if state.implausible:
+            state = read_swarm_state(dht, run_id=run_id, target_batch_size=target_batch_size,
+                                     admission=admission.get(fresher_than=0.0))
+        return state
     found = dht.get(progress_key(run_id), latest=True)
     now = get_dht_time()
     peers: list[PeerProgress] = []
-    rejected = 0
+    unbound: list[PeerProgress] = []
+    rejected = implausible = 0
     entries = found.value if isinstance(found, ValueWithExpiration) else None
     if isinstance(entries, dict):
         for subkey, item in entries.items():
@@ -99,11 +171,25 @@ def read_swarm_state(dht: hivemind.DHT, *, run_id: str, target_batch_size: int) 
                 rejected += 1
                 logger.debug("ignoring progress record: %s", record)
                 continue
-            peers.append(_to_peer(record, now))
+            peer = _to_peer(record, now)
+            if admission is None:
+                peers.append(peer)
+            elif not isinstance(subkey, bytes) or not admission.admits(subkey, record):
+                unbound.append(peer)
+            elif admission.max_epoch is not None and record.epoch > admission.max_epoch:
+                implausible += 1
+                logger.debug("ignoring %s's claim of epoch %d (bound %d)", record.hotkey,
+                             record.epoch, admission.max_epoch)
+            else:
+                cap = admission.max_samples
+                peers.append(peer if cap is None or peer.samples <= cap
+                             else dataclasses.replace(peer, samples=cap))
     peers.sort(key=lambda p: (-p.epoch, p.peer_id))
+    unbound.sort(key=lambda p: (-p.epoch, p.peer_id))
     global_epoch = max((p.epoch for p in peers), default=0)
     samples = sum(p.samples for p in peers if p.epoch == global_epoch)
-    return SwarmState(global_epoch, target_batch_size, samples, peers, rejected)
+    return SwarmState(global_epoch, target_batch_size, samples, peers, rejected, unbound,
+                      implausible)
 
 
 def _to_peer(record: PeerProgressRecord, now: float) -> PeerProgress:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from template.chain.identity import decode_binding, encode_binding, resolve_bindings
+from template.chain.identity import encode_binding, resolve_bindings, resolve_record_keys
 
 if TYPE_CHECKING:
     import bittensor as bt
@@ -150,18 +150,25 @@ class Chain(abc.ABC):
     def uid_of(self, hotkey: str) -> int | None:
         return self.metagraph().uid_of(hotkey)
 
-    def bind_peer_id(self, wallet: Wallet, peer_id: str) -> ChainResult:
-        """Bind the hivemind PeerID to the wallet's hotkey (a commitment signed by the hotkey).
+    def bind_peer_id(self, wallet: Wallet, peer_id: str,
+                     record_key: str | None = None) -> ChainResult:
+        """Bind the hivemind PeerID (and the id of the key signing its DHT records) to the
+        wallet's hotkey, in a commitment signed by the hotkey.
 
-        Re-binding the same PeerID keeps the original block (see :func:`resolve_bindings`:
-        the earliest claim of a PeerID wins).
+        Re-binding the same PeerID and key keeps the original block (see
+        :func:`resolve_bindings`: the earliest claim of a PeerID wins).
         """
         current = self.commitments()
         uid = self.uid_of(wallet.hotkey.ss58_address)
-        if uid is not None and uid in current and decode_binding(current[uid].data) == peer_id:
+        data = encode_binding(peer_id, record_key)
+        if uid is not None and uid in current and current[uid].data == data:
             return ChainResult(True, "already bound")
-        return self.commit(wallet, encode_binding(peer_id))
+        return self.commit(wallet, data)
 
     def peer_bindings(self) -> dict[int, str]:
         """``{uid: peer_id}`` for uids whose binding stands (duplicate claims resolved)."""
         return resolve_bindings(self.commitments().values())
+
+    def record_keys(self) -> dict[str, str]:
+        """``{record key id: hotkey}`` of every registered uid that bound its DHT record key."""
+        return resolve_record_keys(self.commitments().values())

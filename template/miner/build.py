@@ -10,7 +10,9 @@ import bittensor as bt  # noqa: F401  (import before hivemind: NOTES)
 from hivemind_utils.averaging import SwarmAverager
 from hivemind_utils.dht import start_dht
 from hivemind_utils.identity import identity_path
+from hivemind_utils.records import record_key_id
 from hivemind_utils.swarm_state import ProgressReporter, read_swarm_state
+from template.admission import swarm_admission
 from template.chain import build_chain
 from template.checkpoints import build_store
 from template.config import Config, ConfigError
@@ -43,11 +45,12 @@ def build_miner(cfg: Config) -> Miner:
                     identity_path=identity_path(cfg.wallet))
     closers.append(dht.shutdown)
     peer_id = dht.peer_id.to_base58()
-    bound = chain.bind_peer_id(wallet, peer_id)
+    bound = chain.bind_peer_id(wallet, peer_id, record_key_id(dht.record_subkey))
     if not bound.success:
         logger.warning("could not bind PeerID %s to uid %d on chain: %s", peer_id, uid,
                        bound.message)
 
+    store = build_store(cfg.store)
     device = resolve_device(cfg.neuron.device)
     precision = resolve_precision(cfg.neuron.precision, device)
     model = build_model(cfg.model, seed=cfg.neuron.seed).to(device)
@@ -56,12 +59,15 @@ def build_miner(cfg: Config) -> Miner:
         cfg=cfg, uid=uid, peer_id=peer_id, wallet=wallet, chain=chain, model=model,
         adversary=adversary,
         optimizer=build_optimizer(model, cfg.optim), tokenizer=load_tokenizer(),
-        source=build_page_source(cfg.data), store=build_store(cfg.store),
+        source=build_page_source(cfg.data), store=store,
         averager=None,  # set below: it serves `miner.shared_state` to joining peers
         reporter=ProgressReporter(dht=dht, hotkey=wallet.hotkey.ss58_address,
                                   expiration=RECORD_EXPIRATION),
-        read_state=functools.partial(read_swarm_state, dht, run_id=cfg.neuron.run_id,
-                                     target_batch_size=cfg.averaging.target_batch_size),
+        read_state=functools.partial(
+            read_swarm_state, dht, run_id=cfg.neuron.run_id,
+            target_batch_size=cfg.averaging.target_batch_size,
+            admission=swarm_admission(chain, store,
+                                      max_samples=cfg.averaging.target_batch_size)),
         device=device, precision=precision,
         telemetry=Telemetry(cfg, role="miner", name=f"miner-{uid}"), closers=closers,
     )

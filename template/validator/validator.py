@@ -33,6 +33,7 @@ import bittensor as bt
 from hivemind_utils import SwarmAverager, read_swarm_state, start_dht
 from hivemind_utils.identity import identity_path
 from hivemind_utils.swarm_state import SwarmState
+from template.admission import swarm_admission
 from template.chain import Chain, ChainError, build_chain
 from template.checkpoints import build_store
 from template.config import Config
@@ -98,6 +99,10 @@ class Validator:
                              identity_path=identity_path(cfg.wallet))
         self.averager = SwarmAverager(dht=self.dht, run_id=cfg.neuron.run_id, cfg=cfg.averaging,
                                       params=self.reference.model.parameters(), auxiliary=True)
+        # Only records signed by keys bound to registered hotkeys, at believable epochs, move
+        # this validator's epoch (anyone can sign records with a key of its own making).
+        self.admission = swarm_admission(self.chain, self.store,
+                                         max_samples=cfg.averaging.target_batch_size)
         self.telemetry = Telemetry(cfg, role="validator", name=f"validator-{self.uid}")
         self.tolerance = consensus_tolerance(cfg.averaging.compression,
                                              cfg.validator.fingerprint_tolerance)
@@ -154,7 +159,8 @@ class Validator:
 
     def _read_swarm(self) -> SwarmState:
         return read_swarm_state(self.dht, run_id=self.cfg.neuron.run_id,
-                                target_batch_size=self.cfg.averaging.target_batch_size)
+                                target_batch_size=self.cfg.averaging.target_batch_size,
+                                admission=self.admission)
 
     def _ready(self, swarm: SwarmState) -> bool:
         if swarm.samples_accumulated != self._samples_seen:
