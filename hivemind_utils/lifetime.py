@@ -128,11 +128,18 @@ def p2pd_preexec(parent_pid: int) -> Callable[[], None]:
 # ---------------------------------------------------------------------- the neuron (parent)
 
 
-def kill_descendants(sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> list[int]:
-    """Send ``sig`` to every live descendant of this process (by PID) and wait up to
-    ``timeout`` s for them to exit; returns the PIDs that were signalled."""
+SELF_ENDING = frozenset({"torch_shm_manager"})
+"""Children that end by themselves once this process is gone, and that this process still talks
+to while it exits: torch's shared-memory manager (killing it first makes torch's exit-time
+cleanup hit a broken pipe and abort the interpreter: exit status -6)."""
+
+
+def kill_descendants(sig: int = signal.SIGKILL, *, timeout: float = 5.0,
+                     spare: frozenset[str] = frozenset()) -> list[int]:
+    """Send ``sig`` to every live descendant of this process (by PID) whose name is not in
+    ``spare`` and wait up to ``timeout`` s for them to exit; returns the PIDs signalled."""
     try:
-        procs = psutil.Process().children(recursive=True)
+        procs = [p for p in psutil.Process().children(recursive=True) if _name(p) not in spare]
     except psutil.NoSuchProcess:
         return []
     signalled = []
@@ -148,11 +155,18 @@ def kill_descendants(sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> list
 
 def reap_descendants(*, grace: float = 3.0) -> list[int]:
     """At exit: SIGTERM what is still running below this process, SIGKILL it after ``grace``
-    s. Returns the PIDs that had to be stopped (normally none but torch's shm manager)."""
-    left = kill_descendants(signal.SIGTERM, timeout=grace)
+    s (sparing :data:`SELF_ENDING` children). Returns the PIDs that had to be stopped."""
+    left = kill_descendants(signal.SIGTERM, timeout=grace, spare=SELF_ENDING)
     if left:
-        kill_descendants(signal.SIGKILL, timeout=grace)
+        kill_descendants(signal.SIGKILL, timeout=grace, spare=SELF_ENDING)
     return left
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
 
 
 class StopController:
@@ -221,7 +235,9 @@ def raise_keyboard_interrupt() -> Any:
 def stoppable(*, stop_timeout: float, log: logging.Logger) -> Iterator[StopController]:
     """Run a neuron's body under a :class:`StopController`: a signal raises
     ``KeyboardInterrupt`` until the body sets ``stopper.on_stop`` to its own stop; the
-    interrupt ends the body quietly; descendants still running at the end are stopped.
+    interrupt ends the body quietly. Descendants still running at the end are left to die with
+    this process (parent-death signal): killing them here, while the interpreter still talks to
+    some of them (torch's shm manager), aborted the validator at exit (status -6).
 
     The deadline stays armed after the body: an interpreter exit that hangs is forced too.
     """
@@ -235,9 +251,6 @@ def stoppable(*, stop_timeout: float, log: logging.Logger) -> Iterator[StopContr
             log.info("stopping: interrupted")
     finally:
         stopper.closing()
-        left = reap_descendants()
-        if left:
-            log.info("stopped %d leftover child process(es): %s", len(left), left)
         if stopper.reason is not None:
             log.info("stopped (%s)", stopper.reason)
 
