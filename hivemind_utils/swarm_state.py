@@ -75,9 +75,11 @@ class SwarmState:
     """Bound records claiming an epoch beyond ``Admission.max_epoch`` (ignored)."""
 
     def to_json(self) -> dict[str, object]:
-        """The inspector's ``--json`` object (``rejected`` left out: readers rarely see any)."""
+        """The inspector's ``--json`` object (``rejected`` left out: readers rarely see any;
+        ``unbound`` and ``implausible`` too: the inspector reads without an admission yet)."""
         out = dataclasses.asdict(self)
-        out.pop("rejected")
+        for key in ("rejected", "unbound", "implausible"):
+            out.pop(key)
         return out
 
 
