@@ -10,6 +10,9 @@
 
 The validator joins the same rounds with the same class and ``auxiliary=True``: it contributes
 weight 0, still reduces a shard, and so records every sender's upload (``result.senders``).
+With ``audit=True`` it also projects what each sender delivered on that shard, block by block
+(``result.delivered``), for :func:`template.contribution.judge_contribution` to hold against the
+commitment whose digest the sender gathered (``result.gathered``).
 
 With ``--averaging.clip_factor > 0`` every reducer of a round takes a centered clip of its
 senders' parts instead of their plain mean (:mod:`hivemind_utils.robust`): one sender's
@@ -43,11 +46,13 @@ from hivemind.compression import CompressionBase, Float16Compression, NoCompress
 from hivemind.dht import DHT
 from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
+from hivemind.utils import MSGPackSerializer
 
 from hivemind_utils import compat, robust
 from hivemind_utils.lifetime import DiesWithParent
 from hivemind_utils.round_stats import AveragingResult, RoundRecorder
 from template.config import AveragingConfig
+from template.contribution import ShardAudit
 
 logger = logging.getLogger(__name__)
 compat.install()  # before any averager forks: every peer process decodes 8-bit parts correctly
@@ -124,6 +129,9 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
       lets hivemind split evenly. Self-reported by every peer: not evidence of anything.
     :param part_size_bytes: size of one streamed part; smaller parts react faster to failures,
       larger ones cost less per-message overhead.
+    :param audit: project what every sender delivers on this peer's shard (``result.delivered``;
+      the validator's peer); pass ``gather=template.contribution.audit_gather(seed)`` to
+      :meth:`average` so the averaging process knows the epoch's seed.
     """
 
     # hivemind caches RPC handlers/stubs per class; own them so a plain DecentralizedAverager in
@@ -147,6 +155,7 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         bandwidth: float | None = None,
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
         shutdown_timeout: float = 5.0,
+        audit: bool = False,
         start: bool = True,
     ):
         if (params is None) == (tensors is None):
@@ -157,7 +166,7 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         buffers = _buffers_like(params) if params is not None else list(tensors)  # type: ignore[arg-type]
         if any(t.device.type != "cpu" for t in buffers):
             raise ValueError("tensors= must be CPU tensors; pass params= for GPU models")
-        self.cfg, self.run_id = cfg, run_id
+        self.cfg, self.run_id, self.audit = cfg, run_id, audit
         self._state_provider = state_provider
         self._recorder = RoundRecorder()
         super().__init__(
@@ -284,9 +293,14 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         """Run hivemind's aggregation, then read the runner's state into an AveragingResult."""
         self._recorder.begin(group_info.group_id)
         future = self._running_groups.get(group_info.group_id)
+        audits: list[ShardAudit] = []
         if future is not None:
             future.add_done_callback(lambda f: None if f.cancelled() or f.exception()
                                      else self._recorder.tap_runner(f.result()))
+            if self.audit:
+                seeds = _gathered_seeds(group_info, self.peer_id.to_base58())
+                future.add_done_callback(lambda f: None if f.cancelled() or f.exception()
+                                         else audits.append(_audit_runner(f.result(), seeds)))
         try:
             with robust.clipping(self.cfg.clip_factor):
                 gathered = await super()._aggregate_with_group(group_info, min_vector_size,
@@ -296,7 +310,11 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
             if isinstance(err, Exception):
                 raise RoundFailed(f"all-reduce failed: {err}", result) from err
             raise
-        return self._recorder.finish(group_info, _runner_of(future), error=None, gathered=gathered)
+        result = self._recorder.finish(group_info, _runner_of(future), error=None,
+                                       gathered=gathered)
+        if audits:
+            result = dataclasses.replace(result, delivered=audits[0].delivered())
+        return result
 
     async def rpc_aggregate_part(
         self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
@@ -305,6 +323,52 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         tap = self._recorder.tap_stream(context.remote_id.to_base58())
         async for message in super().rpc_aggregate_part(tap.incoming(stream), context):
             yield tap.reply(message)
+
+
+def _gathered_seeds(group: GroupInfo, me: str) -> dict[str, int]:
+    """The epoch's sketch seed for every other member, from this peer's own gathered value
+    (:func:`template.contribution.audit_gather`); empty when it gathered none."""
+    users = {}
+    for peer, item in zip(group.peer_ids, group.gathered, strict=False):
+        try:
+            users[peer.to_base58()] = MSGPackSerializer.loads(MSGPackSerializer.loads(item)[2])
+        except (ValueError, TypeError, IndexError, KeyError):
+            continue
+    own = users.get(me)
+    seed = own.get("audit_seed") if isinstance(own, dict) else None
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        return {}
+    return {peer.to_base58(): seed for peer in group.peer_ids if peer.to_base58() != me}
+
+
+def _audit_runner(runner: Any, seeds: dict[str, int]) -> ShardAudit:
+    """Observe every part the runner's reducer accumulates (this peer's shard), at its offset
+    in the flattened vector. Reads hivemind 1.1.12's runner before it sends anything: the
+    container's per-peer parts (peers before this one fill the vector up to its shard)."""
+    # This runs in the averaging process (a fork), on its event-loop thread. A BLAS/OpenMP
+    # thread pool the parent already used does not survive the fork: a multi-threaded matmul
+    # there hangs forever. OpenMP's thread count is per thread, so set it on this one.
+    torch.set_num_threads(1)
+    container = runner.tensor_part_container
+    me = runner.ordered_peer_ids.index(runner.peer_id)
+    start = sum(part.numel() for peer in range(me)
+                for part, _ in container._input_parts_by_peer[peer])
+    offsets, end = [], start
+    for part in runner.parts_for_local_averaging:
+        offsets.append(end)
+        end += part.numel()
+    audit = ShardAudit(shard=(start, end), total=container.total_size, seeds=seeds)
+    reducer = runner.tensor_part_reducer
+    accumulate = reducer.accumulate_part
+    senders = [peer.to_base58() for peer in runner.sender_peer_ids]
+
+    async def observed(sender_index: int, part_index: int, tensor_part: torch.Tensor,
+                       weight: float = 1.0) -> torch.Tensor:
+        audit.observe(senders[sender_index], tensor_part, offset=offsets[part_index])
+        return await accumulate(sender_index, part_index, tensor_part, weight=weight)
+
+    reducer.accumulate_part = observed
+    return audit
 
 
 def _runner_of(future: "asyncio.Future[Any] | None") -> Any:

@@ -76,6 +76,9 @@ class AveragingResult:
     senders: dict[str, SenderStats] = field(default_factory=dict)
     gathered: dict[str, Any] = field(default_factory=dict)
     """Whatever each member passed as ``gather=``, by PeerID."""
+    delivered: dict[str, Any] = field(default_factory=dict)
+    """With ``audit=True``: per sender, the :class:`template.contribution.DeliveredBlocks` of
+    what it delivered on this peer's shard."""
 
     @property
     def failed_peers(self) -> tuple[str, ...]:

@@ -135,8 +135,9 @@ class NeuronConfig:
     """Every this many epochs a miner compares its weights with the canonical checkpoint and
     reloads it if the fingerprint drifted past half the tolerance (0 = never)."""
     adversary: str = ""
-    """RED-TEAM ONLY, off by default: `lazy`, `random-gradient`, `copycat`, `no-show` or
-    `slow-link` (see docs/validator.md)."""
+    """RED-TEAM ONLY, off by default: `lazy`, `random-gradient`, `copycat`, `no-show`,
+    `slow-link`, `poisoner` or `poisoner-<flip|flip-recommit|noise|partial|null-space|weight>`
+    (see docs/validator.md)."""
     stop_timeout: float = 20.0
     """Seconds a SIGTERM/SIGINT-ed neuron gets to stop cleanly (save state, leave the swarm)
     before it kills its child processes and exits 1; raise it if the log says the stop was
@@ -171,7 +172,9 @@ class NeuronConfig:
             )
 
 
-ADVERSARIES = ("lazy", "random-gradient", "copycat", "no-show", "slow-link")
+POISONS = ("flip", "flip-recommit", "noise", "partial", "null-space", "weight")
+ADVERSARIES = ("lazy", "random-gradient", "copycat", "no-show", "slow-link", "poisoner",
+               *(f"poisoner-{p}" for p in POISONS))
 
 
 @dataclass(frozen=True)

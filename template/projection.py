@@ -51,7 +51,7 @@ def _sign_block(seed: int, block: int) -> torch.Tensor:
     return signs.float() * 2 - 1
 
 
-def _signs(seed: int, start: int, count: int) -> torch.Tensor:
+def chunk_signs(seed: int, start: int, count: int) -> torch.Tensor:
     """The +-1 signs of chunks ``[start, start + count)``."""
     parts = []
     pos = start
@@ -102,9 +102,65 @@ def project(tensors: Iterable[torch.Tensor], *, seed: int, dims: int) -> torch.T
     return torch.einsum("kc,kcd->d", folds.cpu().float(), _basis(seed, dims)).double()
 
 
+class SpanProjection:
+    """:func:`project` of one long vector that arrives in pieces, each at its own offset.
+
+        span = SpanProjection(seed=seed, dims=dims)
+        for offset, values in pieces:          # any order, any alignment, no overlaps
+            span.add(values, offset=offset)
+        span.result()                          # == project of the vector, zeros elsewhere
+
+    The vector is zero wherever no piece was added, so the projection of a contiguous range of
+    a model's flattened tensors is checkable by whoever holds only that range (the projection
+    is linear and chunks are placed by their global index). Memory: ``BASES x CHUNK`` float64.
+    """
+
+    def __init__(self, *, seed: int, dims: int):
+        self.seed, self.dims = seed, dims
+        self._folds = torch.zeros(BASES, CHUNK, dtype=torch.float64)
+        self.squared_norm = 0.0
+        """Sum of squares of every value added (in float64)."""
+
+    @torch.no_grad()
+    def add(self, values: torch.Tensor, *, offset: int) -> None:
+        flat = values.detach().reshape(-1).float().cpu()
+        if offset < 0:
+            raise ValueError(f"offset {offset} < 0")
+        self.squared_norm += float(flat.double().square().sum())
+        chunk, lead = divmod(offset, CHUNK)
+        if lead:  # a head that starts inside a chunk: place it in a zero-padded chunk
+            head, flat = flat[: CHUNK - lead], flat[CHUNK - lead:]
+            padded = torch.zeros(CHUNK)
+            padded[lead : lead + head.numel()] = head
+            _fold(self._folds, padded.view(1, CHUNK), seed=self.seed, first=chunk)
+            chunk += 1
+        full = flat.numel() // CHUNK
+        if full:
+            _fold(self._folds, flat[: full * CHUNK].view(full, CHUNK), seed=self.seed, first=chunk)
+        if flat.numel() % CHUNK:
+            tail = torch.nn.functional.pad(flat[full * CHUNK:], (0, CHUNK - flat.numel() % CHUNK))
+            _fold(self._folds, tail.view(1, CHUNK), seed=self.seed, first=chunk + full)
+
+    def result(self) -> torch.Tensor:
+        """The projection of everything added so far (float64, ``dims`` values)."""
+        return span_results([self])[0]
+
+
+def span_results(spans: list[SpanProjection]) -> torch.Tensor:
+    """``(len(spans), dims)`` results of spans that share one seed and dims, in one matmul (the
+    basis, ``BASES x CHUNK x dims`` floats, is read once instead of once per span)."""
+    if not spans:
+        raise ValueError("no spans")
+    seed, dims = spans[0].seed, spans[0].dims
+    if any((s.seed, s.dims) != (seed, dims) for s in spans):
+        raise ValueError("spans of different seeds or dims")
+    folds = torch.stack([s._folds.reshape(-1) for s in spans]).float()
+    return (folds @ _basis(seed, dims).reshape(BASES * CHUNK, dims)).double()
+
+
 def _fold(folds: torch.Tensor, chunks: torch.Tensor, *, seed: int, first: int) -> None:
     """Add ``sign[first + c] * chunks[c]`` to ``folds[(first + c) % BASES]`` for every row c."""
-    signs = _signs(seed, first, chunks.shape[0]).to(chunks.device)
+    signs = chunk_signs(seed, first, chunks.shape[0]).to(chunks.device)
     for k in range(BASES):
         start = (k - first) % BASES  # rows whose global chunk index is k modulo BASES
         rows = chunks[start::BASES]

@@ -53,6 +53,9 @@ MAX_PARTICIPANTS = 256
 MAX_PEER_ID_LEN = 128
 MAX_ROUND_ID_LEN = 128
 MAX_ERROR_LEN = 512
+MAX_COMMITMENT_LEN = 2**19
+"""Most base64 characters of an AllReduce commitment (32 block sketches and 64 batch sketches of
+256 float32 are ~130 kB of base64)."""
 MAX_INDEX = 2**40
 """Largest page or batch index (page indices address FineWeb rows; 2**40 is ample)."""
 
@@ -175,6 +178,11 @@ class AllReduce(_Lean):
         description="Fingerprint of the parameters after the optimizer step.",
     )
     error: str = Field("", max_length=MAX_ERROR_LEN)
+    commitment: str = Field(
+        "", max_length=MAX_COMMITMENT_LEN,
+        description="Base64 contribution commitment whose digest the miner gathered before the "
+                    "round (template/contribution.py).",
+    )
 
 
 class IsAlive(_Lean):

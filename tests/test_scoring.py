@@ -276,3 +276,19 @@ def test_train_only_uid_is_not_paid_when_the_round_was_checked():
     assert scores[1] > 0.5 and scores[2] > 0.5 and scores[3] == 0.0
     unchecked = EpochRecord(epoch=0, train={3: TrainResult(1.0, 32.0)})  # no round observed
     assert epoch_scores(unchecked, tolerance=1e-3)[3] > 0
+
+
+def test_a_tampered_contribution_scores_zero_for_the_epoch_and_survives_a_restart():
+    from template.validator.epoch import EpochRecord, TrainResult, epoch_scores
+    from template.validator.scoring import PeerTransfer
+
+    record = EpochRecord(epoch=4, train={1: TrainResult(1.0, 32.0), 2: TrainResult(1.0, 32.0)})
+    fast = PeerTransfer(bytes_received=10**6, seconds=1.0, failed=False, banned=False)
+    record.add_allreduce(participants=[1, 2], transfers={1: fast, 2: fast},
+                         drift={1: 0.0, 2: 0.0}, observed=True, consensus_checked=True,
+                         tampered={2: "delivered values differ from its commitment"})
+    scores = epoch_scores(record, tolerance=1e-3)
+    assert scores[1] > 0.8 and scores[2] == 0.0
+    again = EpochRecord.from_json(record.to_json())
+    assert again.tampered == record.tampered
+    assert epoch_scores(again, tolerance=1e-3) == scores

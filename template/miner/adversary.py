@@ -8,14 +8,19 @@ attacker would, so a local swarm shows what the validator catches:
 * `copycat`: trains nothing; answers `Train` with another miner's answer, averages zeros.
 * `no-show`: trains honestly but never joins an all-reduce round.
 * `slow-link`: trains honestly but sends its all-reduce parts through a throttled link.
+* `poisoner`: trains and answers Train honestly, but puts something else into the all-reduce;
+  each epoch it draws one of :data:`POISONS` with random strength (`poisoner-<name>` fixes
+  the variant; the strength still varies).
 
-They plug into the miner through three hooks (`fake_epoch`, `joins_rounds`, `answer_train`)
-and one averager option (`compression`), so the honest code path has no adversarial branches.
+They plug into the miner through four hooks (`fake_epoch`, `joins_rounds`, `answer_train`,
+`contribute`) and one averager option (`compression`), so the honest code path has no
+adversarial branches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import random
@@ -26,7 +31,10 @@ from typing import TYPE_CHECKING
 import torch
 from hivemind.compression import NoCompression
 
+from template.config import POISONS
+from template.contribution import Commitment, block_ranges, commit
 from template.data import VOCAB_SIZE
+from template.projection import BASES, CHUNK, chunk_signs
 from template.proof import SKETCH_DIMS
 from template.protocol import Train
 
@@ -54,6 +62,12 @@ class Adversary:
     def compression(self) -> object | None:
         """Averager compression to use instead of `--averaging.compression`."""
         return None
+
+    def contribute(self, epoch: int, buffers: list[torch.Tensor],
+                   commitment: Commitment) -> Commitment:
+        """Change what goes into the round (``buffers``, in place) and return the commitment
+        to gather; honest: nothing changes."""
+        return commitment
 
 
 class Lazy(Adversary):
@@ -164,8 +178,107 @@ class ThrottledCompression(NoCompression):
         return super().compress(tensor, info, allow_inplace)
 
 
+# ------------------------------------------------------------------ poisoning the all-reduce
+
+
+def _flat_views(buffers: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([b.reshape(-1) for b in buffers])
+
+
+def _write_back(buffers: list[torch.Tensor], flat: torch.Tensor) -> None:
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset : offset + b.numel()].view(b.shape))
+        offset += b.numel()
+
+
+def _null_vector(flat: torch.Tensor, *, seed: int, strength: float,
+                 rng: random.Random) -> torch.Tensor:
+    """A vector the public sketch cannot see, ``strength x |flat|`` long, in every block.
+
+    Chunks ``c`` and ``c + BASES`` go through the same basis with signs ``s_c``, ``s_{c+B}``:
+    ``s_c u`` on one and ``-s_{c+B} u`` on the other cancel in the fold, so the projection is
+    exactly unchanged while the values are not.
+    """
+    out = torch.zeros_like(flat)
+    chunks = flat.numel() // CHUNK
+    signs = chunk_signs(seed, 0, chunks)
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))
+    for lo, hi in block_ranges(flat.numel()):
+        first, last = lo // CHUNK, min(hi // CHUNK, chunks)
+        for c in range(first, last - BASES, 2 * BASES):
+            for k in range(BASES):
+                a, b = c + k, c + k + BASES
+                if b >= last:
+                    break
+                u = torch.randn(CHUNK, generator=gen)
+                out[a * CHUNK : (a + 1) * CHUNK] = signs[a] * u
+                out[b * CHUNK : (b + 1) * CHUNK] = -signs[b] * u
+    norm = float(out.norm())
+    return out * (strength * float(flat.norm()) / norm) if norm > 0 else out
+
+
+# What a poisoner sends instead of its gradient g (config.POISONS; strength drawn per epoch):
+# - flip: -k g (k in 1..10), committing to g;
+# - flip-recommit: -k g, committing to what it sends (blocks and batch sketches);
+# - noise: g + n, |n| = 1..5 |g|, committing to g;
+# - partial: -k g on a random third to two thirds of the blocks only;
+# - null-space: g + v with P v = 0 for the public sketch, |v| = 1..3 |g|;
+# - weight: sends g but declares 2-5x its samples (a bigger share of the mean).
+
+
+class Poisoner(Adversary):
+    """Honest training and Train answers; a different tensor in the all-reduce."""
+
+    kind = "poisoner"
+
+    def __init__(self, variant: str | None = None):
+        self.variant = variant
+        self.rng = random.Random()
+        self.last: tuple[str, float] | None = None
+        """The poison and strength of the latest round (for logs and tests)."""
+
+    def contribute(self, epoch: int, buffers: list[torch.Tensor],
+                   commitment: Commitment) -> Commitment:
+        variant = self.variant or self.rng.choice(POISONS)
+        flat = _flat_views(buffers)
+        dims = commitment.blocks.shape[1]
+        if variant in ("flip", "flip-recommit"):
+            strength = self.rng.uniform(1.0, 10.0)
+            flat.mul_(-strength)
+        elif variant == "noise":
+            strength = self.rng.uniform(1.0, 5.0)
+            noise = torch.randn(flat.shape, generator=torch.Generator().manual_seed(epoch))
+            flat.add_(noise * (strength * float(flat.norm()) / float(noise.norm())))
+        elif variant == "partial":
+            ranges = block_ranges(flat.numel())
+            chosen = self.rng.sample(ranges, max(1, int(len(ranges) * self.rng.uniform(1/3, 2/3))))
+            strength = self.rng.uniform(1.0, 10.0)
+            for lo, hi in chosen:
+                flat[lo:hi].mul_(-strength)
+        elif variant == "null-space":
+            strength = self.rng.uniform(1.0, 3.0)
+            flat.add_(_null_vector(flat, seed=commitment.seed, strength=strength, rng=self.rng))
+        elif variant == "weight":
+            strength = self.rng.uniform(2.0, 5.0)
+            commitment = dataclasses.replace(commitment,
+                                             samples=int(commitment.samples * strength))
+        else:
+            raise ValueError(f"unknown poison {variant!r}")
+        _write_back(buffers, flat)
+        self.last = (variant, strength)
+        logger.warning("RED-TEAM: epoch %d contributes %s (strength %.2f)", epoch, variant,
+                       strength)
+        if variant == "flip-recommit":
+            lie = commit(buffers, seed=commitment.seed, samples=commitment.samples,
+                         batch_sketches=[commitment.mean_sketch * -strength], dims=dims)
+            return dataclasses.replace(lie, batches=commitment.batches,
+                                       batch_sketches=commitment.batch_sketches * -strength)
+        return commitment
+
+
 KINDS: dict[str, type[Adversary]] = {
-    cls.kind: cls for cls in (Lazy, RandomGradient, Copycat, NoShow, SlowLink)
+    cls.kind: cls for cls in (Lazy, RandomGradient, Copycat, NoShow, SlowLink, Poisoner)
 }
 
 
@@ -174,4 +287,6 @@ def make_adversary(kind: str) -> Adversary:
     if not kind:
         return Adversary()
     logger.warning("RED-TEAM MODE: this miner cheats on purpose (--neuron.adversary %s)", kind)
+    if kind.startswith("poisoner-"):
+        return Poisoner(kind.removeprefix("poisoner-"))
     return KINDS[kind]()

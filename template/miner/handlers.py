@@ -48,6 +48,7 @@ def answer_allreduce(synapse: AllReduce, report: RoundReport, *, peer_id: str) -
     synapse.seconds = report.seconds
     synapse.fingerprint = list(report.fingerprint)
     synapse.error = report.error[:MAX_ERROR_LEN]
+    synapse.commitment = report.commitment
     return synapse
 
 

@@ -21,15 +21,16 @@ from hivemind_utils.swarm_state import ProgressReporter, SwarmState, should_star
 from template.checkpoints import CheckpointConflictError, CheckpointError, CheckpointStore, tag_for
 from template.config import Config
 from template.consensus import consensus_tolerance, needs_resync, pusher_order
+from template.contribution import Commitment, commit, gather_digest
 from template.data import assign_pages, epoch_batches
 from template.data.sources import PageSource
 from template.device import autocast
 from template.miner.adversary import Adversary
-from template.miner.ledger import WorkLedger
+from template.miner.ledger import EpochWork, WorkLedger
 from template.miner.rounds import RoundDesk, RoundReport, RoundRequest, wait_for_round
 from template.miner.state import StateRejected, apply_training_state, training_state
 from template.model import fingerprint, fingerprint_distance, load_state_into
-from template.proof import SketchRecorder, sketch_seed
+from template.proof import SKETCH_DIMS, SketchRecorder, sketch_seed
 from template.telemetry import Telemetry
 from template.training import accumulate, apply_gradients, learning_rate, mean_gradient
 
@@ -178,9 +179,11 @@ class Miner:
             return RoundReport(success=False, error=f"no samples trained in epoch {epoch}")
         params = list(self.model.parameters())
         self.averager.load_gradients(params)
+        commitment = self._commit(epoch, work)
         avg = self.cfg.averaging
-        result = self.averager.average(weight=work.samples, epoch=epoch,
-                                       timeout=avg.matchmaking_time + avg.request_timeout)
+        result = self.averager.average(weight=commitment.samples, epoch=epoch,
+                                       timeout=avg.matchmaking_time + avg.request_timeout,
+                                       gather=gather_digest(commitment))
         if not result.complete:
             logger.warning("epoch %d round %s failed: %s", epoch, request.round_id,
                            result.error or f"failed peers {result.failed_peers}")
@@ -188,7 +191,8 @@ class Miner:
                 fp = fingerprint(self.model)
                 self._record_epoch(epoch, result, fp, learning_rate(epoch, self.cfg.optim), None)
                 self._maybe_push(result)
-                return _report(result, success=True, fingerprint=tuple(fp))
+                return _report(result, success=True, fingerprint=tuple(fp),
+                               commitment=commitment.to_text())
             return _report(result, success=False, fingerprint=(),
                            error=result.error or f"incomplete round, failed {result.failed_peers}")
         self.averager.write_gradients(params)
@@ -206,7 +210,17 @@ class Miner:
         fp = fingerprint(self.model)
         self._record_epoch(epoch, result, fp, outcome.lr, outcome.grad_norm)
         self._maybe_push(result)
-        return _report(result, success=True, fingerprint=tuple(fp))
+        return _report(result, success=True, fingerprint=tuple(fp),
+                       commitment=commitment.to_text())
+
+    def _commit(self, epoch: int, work: EpochWork) -> Commitment:
+        """The commitment to what this miner sends (template/contribution.py), gathered to the
+        group before any part is sent; the red-team hook may change the buffers first."""
+        with self.averager.get_tensors() as buffers:
+            honest = commit(buffers, seed=sketch_seed(self.cfg.neuron.run_id, epoch),
+                            samples=work.samples, batch_sketches=work.sketches,
+                            dims=SKETCH_DIMS)
+            return self.adversary.contribute(epoch, list(buffers), honest)
 
     # ------------------------------------------------------------------ state and agreement
 
@@ -408,7 +422,8 @@ class Miner:
 
 
 def _report(result: AveragingResult, *, success: bool, fingerprint: tuple[float, ...],
-            error: str = "") -> RoundReport:
+            error: str = "", commitment: str = "") -> RoundReport:
     return RoundReport(success=success, participants=tuple(result.participants),
                        bytes_sent=result.bytes_sent, bytes_received=result.bytes_received,
-                       seconds=result.seconds, fingerprint=fingerprint, error=error)
+                       seconds=result.seconds, fingerprint=fingerprint, error=error,
+                       commitment=commitment)

@@ -35,6 +35,9 @@ class RoundReport:
     seconds: float = 0.0
     fingerprint: tuple[float, ...] = ()
     error: str = ""
+    commitment: str = ""
+    """The contribution commitment whose digest the miner gathered (base64, see
+    :mod:`template.contribution`)."""
 
 
 @dataclass

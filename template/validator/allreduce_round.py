@@ -12,9 +12,12 @@ Flow of one attempt:
    *observes* every sender's upload (bytes, seconds) instead of trusting self-reports.
 2. Each miner answers when its round is over: success, its PeerID and its post-step parameter
    fingerprint. The validator waits (bounded) for the canonical checkpoint ``epoch-(e+1)``.
-3. :func:`judge_round` (pure) decides who completed, maps observed transfers PeerID -> uid
-   through the chain binding only, picks the reference fingerprint (canonical, checked against
-   the median of the reports) and the drift of every completer.
+3. :func:`judge_contributions` (pure) holds what each miner delivered on the validator's shard
+   against the commitment it gathered and its verified Train answer
+   (:mod:`template.contribution`); :func:`judge_round` (pure) decides who completed, maps
+   observed transfers PeerID -> uid through the chain binding only, picks the reference
+   fingerprint (canonical, checked against the median of the reports), the drift of every
+   completer and who tampered with its contribution.
 
 A round in which no miner completed is retried (new round id) up to ``retries`` times; a round
 in which some completed is never retried (those miners already stepped to ``e+1``; the others
@@ -35,8 +38,18 @@ from hivemind_utils.round_stats import AveragingResult
 from hivemind_utils.swarm_state import SwarmState, epoch_work_done
 from template.config import AveragingConfig
 from template.consensus import checkpoint_pusher
+from template.contribution import (
+    Commitment,
+    CommitmentError,
+    ContributionVerdict,
+    block_ranges,
+    gathered_digest,
+    judge_contribution,
+)
 from template.model import fingerprint_distance
+from template.proof import SKETCH_DIMS
 from template.protocol import (
+    MAX_BATCHES,
     AllReduce,
     AllReduceLimits,
     Reason,
@@ -106,6 +119,13 @@ class AllReduceOutcome:
     """``canonical``, ``median`` (canonical missing or out of line with the majority), ``none``."""
     attempts: int = 1
     aux_error: str | None = None
+    contributions: dict[int, ContributionVerdict] = field(default_factory=dict)
+    """Every member's contribution, as judged from the validator's shard."""
+
+    @property
+    def tampered(self) -> dict[int, str]:
+        """Uids whose contribution failed its judgement -> the problem."""
+        return {u: v.problem for u, v in self.contributions.items() if v.problem is not None}
 
     @property
     def consensus_checked(self) -> bool:
@@ -153,11 +173,65 @@ def _distance(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
     return fingerprint_distance(list(a), list(b))
 
 
+@dataclass(frozen=True)
+class ContributionRules:
+    """What :func:`judge_contributions` needs besides the round."""
+
+    seed: int
+    """The epoch's sketch seed (:func:`template.proof.sketch_seed`)."""
+    batch_size: int
+    block_tolerance: float
+    """:func:`template.contribution.block_tolerance` of ``--averaging.compression``."""
+    num_values: int
+    """Values in the averaged vector (the model's parameter count)."""
+    proofs: Mapping[int, Sequence[Sequence[float]]]
+    """Per uid, the per-batch sketches of its latest verified Train answer for the epoch."""
+
+
+def judge_contributions(aux: AveragingResult | None, bindings: Mapping[int, str],
+                        participants: Sequence[int], replies: Mapping[int, AllReduce],
+                        rules: ContributionRules) -> dict[int, ContributionVerdict]:
+    """Each participant in the validator's group, judged on its commitment and delivery.
+
+    Only members of the group the validator's peer completed are judged (a uid that was not in
+    it delivered nothing and is scored as missing elsewhere); PeerIDs map to uids through the
+    chain binding only. The commitment comes from the uid's AllReduce answer and must hash to
+    the digest the member gathered before the round.
+    """
+    if aux is None or not aux.ok:
+        return {}
+    members = set(aux.participants) - set(aux.auxiliaries)
+    num_blocks = len(block_ranges(rules.num_values))
+    out: dict[int, ContributionVerdict] = {}
+    for uid in participants:
+        peer = bindings.get(uid)
+        if peer is None or peer not in members:
+            continue
+        reply = replies.get(uid)
+        try:
+            commitment = Commitment.from_text(
+                getattr(reply, "commitment", None), digest=gathered_digest(aux.gathered.get(peer)),
+                dims=SKETCH_DIMS, num_blocks=num_blocks, max_batches=MAX_BATCHES)
+        except CommitmentError as err:
+            out[uid] = ContributionVerdict(f"commitment rejected: {err}")
+            continue
+        stats = aux.senders.get(peer)
+        out[uid] = judge_contribution(
+            commitment, aux.delivered.get(peer), seed=rules.seed,
+            declared_weight=stats.weight if stats is not None and stats.parts else
+            float(commitment.samples),
+            batch_size=rules.batch_size, proven_sketches=rules.proofs.get(uid),
+            block_tol=rules.block_tolerance)
+    return out
+
+
 def judge_round(*, epoch: int, round_id: str, run_id: str, participants: Sequence[int],
                 replies: Mapping[int, AllReduce], aux: AveragingResult | None,
                 bindings: Mapping[int, str], canonical: Sequence[float] | None,
                 tolerance: float, fingerprint_dims: int | None = None,
-                pusher: str | None = None) -> AllReduceOutcome:
+                pusher: str | None = None,
+                contributions: Mapping[int, ContributionVerdict] | None = None,
+                ) -> AllReduceOutcome:
     """Everything the round says about each participant (see the module docstring)."""
     failures: dict[int, Rejection] = {}
     reports: dict[int, list[float]] = {}
@@ -188,7 +262,7 @@ def judge_round(*, epoch: int, round_id: str, run_id: str, participants: Sequenc
         completed=tuple(sorted(reports)), failures=failures,
         transfers=observed_transfers(aux, bindings, participants),
         drift=drift, observed=in_group is not None, reference=kind,
-        aux_error=None if aux is None else aux.error)
+        aux_error=None if aux is None else aux.error, contributions=dict(contributions or {}))
 
 
 def _blame_pusher(drift: dict[int, float | None], *, run_id: str, epoch: int,
@@ -270,6 +344,7 @@ async def allreduce_round(
     retries: int = 2,
     retry_delay: float = 2.0,
     fingerprint_dims: int | None = None,
+    rules: ContributionRules | None = None,
 ) -> AllReduceOutcome:
     """Run the round of ``epoch`` among ``targets`` (see the module docstring).
 
@@ -278,6 +353,7 @@ async def allreduce_round(
     for the fingerprint of checkpoint ``epoch-(e+1)``, None when it did not appear.
     ``retries``: extra attempts when nobody completed ("could not find a group", every miner
     timed out); raise ``--averaging.matchmaking_time`` if rounds keep failing that way.
+    ``rules``: judge every member's contribution (:func:`judge_contributions`); None skips it.
     """
     timeout = cfg.matchmaking_time + cfg.allreduce_timeout + DENDRITE_MARGIN
     loop = asyncio.get_running_loop()
@@ -299,7 +375,9 @@ async def allreduce_round(
                               bindings=bindings, tolerance=tolerance,
                               canonical=None if found is None else found.fingerprint,
                               pusher=None if found is None else found.pusher,
-                              fingerprint_dims=fingerprint_dims)
+                              fingerprint_dims=fingerprint_dims,
+                              contributions=None if rules is None else judge_contributions(
+                                  aux, bindings, sorted(targets), replies, rules))
         outcome = AllReduceOutcome(**{**outcome.__dict__, "attempts": attempt + 1})
         if outcome.completed:
             break

@@ -51,6 +51,10 @@ class EpochRecord:
     """Some participant completed and a reference fingerprint existed: participants are gated
     on ``drift`` (one that did not complete counts as missing, i.e. scores 0 for the epoch)."""
     allreduce_done: bool = False
+    tampered: dict[int, str] = field(default_factory=dict)
+    """Participants whose all-reduce contribution failed :func:`template.contribution.
+    judge_contribution` (uid -> the problem): they score 0 for the epoch, whatever else they
+    did, since what they put into the model is not what they proved."""
 
     def add_train(self, uid: int, *, gradient: float, verified_samples: float) -> None:
         """Keep the better of the uid's Train results in this epoch (re-checks never lower a
@@ -64,8 +68,10 @@ class EpochRecord:
     def add_allreduce(self, *, participants: list[int],
                       transfers: Mapping[int, PeerTransfer | None],
                       drift: Mapping[int, float | None], observed: bool,
-                      consensus_checked: bool) -> None:
+                      consensus_checked: bool,
+                      tampered: Mapping[int, str] | None = None) -> None:
         self.participants = sorted(set(participants))
+        self.tampered = dict(tampered or {})
         self.transfers = dict(transfers)
         self.drift = dict(drift)
         self.bandwidth_observed = observed and consensus_checked
@@ -85,6 +91,7 @@ class EpochRecord:
             "bandwidth_observed": self.bandwidth_observed,
             "consensus_checked": self.consensus_checked,
             "allreduce_done": self.allreduce_done,
+            "tampered": {str(u): p for u, p in self.tampered.items()},
         }
 
     @classmethod
@@ -100,6 +107,7 @@ class EpochRecord:
             bandwidth_observed=bool(data.get("bandwidth_observed", False)),
             consensus_checked=bool(data.get("consensus_checked", False)),
             allreduce_done=bool(data.get("allreduce_done", False)),
+            tampered={int(u): str(p) for u, p in data.get("tampered", {}).items()},
         )
 
 
@@ -108,7 +116,8 @@ class EpochComponents:
     """The per-uid inputs of :func:`epoch_scores`."""
 
     gradient: dict[int, float]
-    """The uid's best gradient score (fraction of sketch checks passed)."""
+    """The uid's best gradient score (fraction of sketch checks passed); 0 for a tampered
+    contribution."""
     steps: dict[int, float]
     """Verified samples relative to the epoch's best miner."""
     bandwidth: dict[int, float]
@@ -140,6 +149,9 @@ def epoch_components(record: EpochRecord) -> EpochComponents:
     for uid in set(gradient) | set(steps):
         gradient.setdefault(uid, 0.0)
         steps.setdefault(uid, 0.0)
+    for uid in record.tampered:  # the work gate of round_scores then zeroes the epoch
+        gradient[uid], steps[uid] = 0.0, 0.0
+        bandwidth.pop(uid, None)
     return EpochComponents(gradient, steps, bandwidth, drift, slow)
 
 

@@ -38,8 +38,10 @@ from template.chain import Chain, ChainError, build_chain
 from template.checkpoints import build_store
 from template.config import Config
 from template.consensus import consensus_tolerance
+from template.contribution import audit_gather, block_tolerance
 from template.data import build_page_source, load_tokenizer
 from template.device import resolve_device, resolve_precision
+from template.model import count_parameters
 from template.proof import sketch_seed
 from template.telemetry import Telemetry
 from template.training import learning_rate
@@ -48,6 +50,7 @@ from template.validator import weights as weights_mod
 from template.validator.allreduce_round import (
     AllReduceOutcome,
     Canonical,
+    ContributionRules,
     allreduce_round,
     live_participants,
     ready_for_round,
@@ -98,7 +101,8 @@ class Validator:
                              initial_peers=cfg.neuron.initial_peers,
                              identity_path=identity_path(cfg.wallet))
         self.averager = SwarmAverager(dht=self.dht, run_id=cfg.neuron.run_id, cfg=cfg.averaging,
-                                      params=self.reference.model.parameters(), auxiliary=True)
+                                      params=self.reference.model.parameters(), auxiliary=True,
+                                      audit=True)
         # Only records signed by keys bound to registered hotkeys, at believable epochs, move
         # this validator's epoch (anyone can sign records with a key of its own making).
         self.admission = swarm_admission(self.chain, self.store,
@@ -113,6 +117,8 @@ class Validator:
         self._next_train = 0.0
         self._samples_seen, self._samples_changed = -1, time.monotonic()
         self._dendrite: bt.Dendrite | None = None
+        self._proofs: dict[tuple[int, int], tuple[tuple[float, ...], ...]] = {}
+        """(epoch, uid) -> per-batch sketches of the uid's longest verified Train answer."""
         logger.info("validator uid %d, state %s (last scored epoch %d), DHT %s", self.uid,
                     self.state_path, self.state.last_epoch, self.dht.peer_id)
 
@@ -254,6 +260,10 @@ class Validator:
         for uid, verdict in verdicts.items():
             record.add_train(uid, gradient=verdict.gradient,
                              verified_samples=verdict.verified_samples)
+            key = (record.epoch, uid)
+            if verdict.ok and len(verdict.sketches) > len(self._proofs.get(key, ())):
+                self._proofs[key] = verdict.sketches
+        self._proofs = {k: v for k, v in self._proofs.items() if k[0] >= record.epoch}
         self.state.count("train")
         losses = [v.recomputed_loss for v in verdicts.values() if v.recomputed_loss is not None]
         self.telemetry.log({"epoch": record.epoch,
@@ -303,17 +313,29 @@ class Validator:
         outcome = await allreduce_round(
             dendrite=self._dendrite, targets={u: graph.axon(u) for u in uids},
             bindings=bindings, canonical=canonical, epoch=record.epoch,
-            average=functools.partial(self.averager.average, weight=0, epoch=record.epoch,
-                                      timeout=3 * cfg.averaging.matchmaking_time),
+            average=functools.partial(
+                self.averager.average, weight=0, epoch=record.epoch,
+                timeout=3 * cfg.averaging.matchmaking_time,
+                gather=audit_gather(sketch_seed(cfg.neuron.run_id, record.epoch))),
             round_id=f"e{record.epoch}-{self.uid}-{int(time.time())}", run_id=cfg.neuron.run_id,
             cfg=cfg.averaging, learning_rate=learning_rate(record.epoch, cfg.optim),
             tolerance=self.tolerance, retries=cfg.validator.allreduce_retries,
-            fingerprint_dims=len(self.reference.fingerprint) or None)
+            fingerprint_dims=len(self.reference.fingerprint) or None,
+            rules=ContributionRules(
+                seed=sketch_seed(cfg.neuron.run_id, record.epoch),
+                batch_size=cfg.data.batch_size,
+                block_tolerance=block_tolerance(cfg.averaging.compression),
+                num_values=count_parameters(self.reference.model),
+                proofs={u: p for (e, u), p in self._proofs.items() if e == record.epoch}))
         self.state.count("allreduce" if outcome.completed else "allreduce_failed")
         record.add_allreduce(participants=list(outcome.participants),
                              transfers=outcome.transfers, drift=outcome.drift,
                              observed=outcome.observed,
-                             consensus_checked=outcome.consensus_checked)
+                             consensus_checked=outcome.consensus_checked,
+                             tampered=outcome.tampered)
+        for uid, problem in outcome.tampered.items():
+            logger.warning("AllReduce epoch %d: uid %d tampered with its contribution: %s",
+                           record.epoch, uid, problem)
         logger.info("AllReduce epoch %d: completed %s, failed %s, reference %s, observed "
                     "(MB/s, lag s) %s", record.epoch, list(outcome.completed),
                     {u: str(r) for u, r in outcome.failures.items()}, outcome.reference,

@@ -107,6 +107,9 @@ class TrainVerdict:
     recomputed_loss: float | None = None
     seconds: float = 0.0
     """Validator compute time spent on this response (recomputation included)."""
+    sketches: tuple[tuple[float, ...], ...] = ()
+    """The claim's per-batch sketches, batch 0 first (only for a verified response): what the
+    miner's round commitment must repeat (:mod:`template.contribution`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -248,6 +251,7 @@ def verify_train(
         uid=uid, checked=tuple(checked), agreements=agreements, gradient=score,
         claimed_samples=claim.samples, verified_samples=verified, loss=claim.loss,
         recomputed_loss=own_loss, seconds=time.perf_counter() - started,
+        sketches=claim.sketches,
     )
 
 
