@@ -66,12 +66,12 @@ def main() -> None:
     shapes = [tuple(p.shape) for p in model.parameters()]
     boot = start_dht(DHTConfig(), run_id="bench")
     dhts = [boot] + [start_dht(DHTConfig(), run_id="bench", initial_peers=visible_maddrs(boot))
-                     for _ in range(3)]
+                     for _ in range(4)]  # miners, the auditing peer, the plain peer
     miners = [SwarmAverager(dht=d, run_id="bench", cfg=cfg, params=model.parameters())
               for d in dhts[:3]]
     auditor = SwarmAverager(dht=dhts[3], run_id="bench", cfg=cfg, auxiliary=True, audit=True,
                             params=[torch.empty(s, device="meta") for s in shapes])
-    plain = SwarmAverager(dht=dhts[3], run_id="bench", cfg=cfg, auxiliary=True,
+    plain = SwarmAverager(dht=dhts[4], run_id="bench", cfg=cfg, auxiliary=True,
                           params=[torch.empty(s, device="meta") for s in shapes])
     gen, rng = torch.Generator().manual_seed(0), random.Random(0)
     honest = honest_failed = poisoned = caught = 0

@@ -113,9 +113,10 @@ class LocalNet:
             "--averaging.target_batch_size", str(a.target_batch_size),
             "--averaging.matchmaking_time", str(a.matchmaking_time),
             "--averaging.compression", a.compression,
-            "--averaging.clip_factor", str(a.clip_factor),
             "--averaging.trigger", "validator" if a.validators else "swarm",
             "--wandb.mode", "offline",
+            *(["--averaging.clip_factor", str(a.clip_factor)] if a.clip_factor is not None
+              else []),
         ]
 
     def spawn(self, name: str, role: str, flags: list[str]) -> Child:
@@ -194,8 +195,9 @@ def parse_args(argv: list[str] | None = None, *, description: str = "") -> argpa
     p.add_argument("--compression", default="none", choices=("none", "fp16", "8bit"),
                    help="--averaging.compression of every peer")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--clip_factor", type=float, default=0.0,
-                   help="--averaging.clip_factor of every peer (0 = plain mean)")
+    p.add_argument("--clip_factor", type=float, default=None,
+                   help="--averaging.clip_factor of every peer (default: the neurons' own; "
+                        "0 = plain mean)")
     p.add_argument("--block_time", type=float, default=0.5)
     p.add_argument("--weights_rate_limit", type=int, default=2)
     p.add_argument("--demo_pages", type=int, default=0, help="cap demo shard pages (0 = all)")

@@ -91,6 +91,21 @@ def test_every_red_team_mode_earns_less_than_every_honest_miner(tmp_path):
         assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
 
 
+def test_miners_that_put_something_else_into_the_all_reduce_are_not_paid(tmp_path):
+    """A sign-flipped, scaled gradient (`flip`, checked on the validator's shard) and an
+    inflated averaging weight (`weight`, checked against the commitment), both after honest
+    training and honest Train answers: zero in every round, and no honest miner is flagged."""
+    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "2",
+                       "--cheaters", "poisoner-flip,poisoner-weight")
+    assert summary["ok"]
+    cheaters, honest = set(summary["cheaters"]), honest_uids(summary)
+    weights = {u: summary["weights"].get(u, 0.0) for u in [*cheaters, *honest]}
+    assert max(weights[u] for u in cheaters) < min(weights[u] for u in honest), weights
+    for entry in summary["epochs"]:
+        assert all(entry["round_scores"].get(u, 0) == 0 for u in cheaters), entry["round_scores"]
+        assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
+
+
 def test_two_validators_judge_the_same_rounds_and_both_pay_every_honest_miner(tmp_path):
     """Each validator sends its own AllReduce per epoch; miners run ONE round per epoch and
     answer both with its report, so neither validator fails an honest miner."""

@@ -99,7 +99,9 @@ def _miner_gradients(store: LocalStore, epoch: int, uids: list[int], *, pages_pe
 
 
 def test_three_miners_agree_and_match_the_reference_step(tmp_path):
-    summary = _run_launcher(tmp_path, "--miners", "3", "--validators", "0", "--epochs", "3")
+    # The plain weighted mean, exactly: robust clipping (the default) may shrink sparse parts
+    summary = _run_launcher(tmp_path, "--miners", "3", "--validators", "0", "--epochs", "3",
+                            "--clip_factor", "0")
     assert summary["ok"]
     store = LocalStore(tmp_path / "checkpoints")
     uids = sorted(int(u) for u in summary["roles"])
