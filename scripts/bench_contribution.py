@@ -34,7 +34,7 @@ from template.contribution import audit_gather, block_tolerance, commit, gather_
 from template.miner.adversary import Poisoner
 from template.model import build_model, count_parameters
 from template.proof import SKETCH_DIMS, SketchRecorder, sketch_seed
-from template.protocol import AllReduce
+from template.protocol import MAX_BATCHES, AllReduce
 from template.training import accumulate, mean_gradient
 from template.validator.allreduce_round import ContributionRules, judge_contributions
 
@@ -91,7 +91,7 @@ def main() -> None:
                         buf.copy_(g)
                     started = time.perf_counter()
                     c = commit(buffers, seed=seed, samples=2 * BATCH, batch_sketches=sketches,
-                               dims=SKETCH_DIMS)
+                               dims=SKETCH_DIMS, max_batches=MAX_BATCHES)
                     commit_s.append(time.perf_counter() - started)
                     if uid == cheater:
                         poisoner = Poisoner()

@@ -55,7 +55,6 @@ import torch
 
 from template.projection import CHUNK, SpanProjection, span_results
 from template.proof import SKETCH_DIMS
-from template.protocol import MAX_BATCHES
 
 COMMIT_BLOCKS = 32
 """Fixed ranges per commitment. More blocks audit a smaller shard (a reducer checks only blocks
@@ -219,12 +218,15 @@ def _pieces(tensors: Sequence[torch.Tensor], start: int, end: int):
 
 def commit(tensors: Sequence[torch.Tensor], *, seed: int, samples: int,
            batch_sketches: Sequence[Sequence[float]], dims: int,
-           max_batches: int = MAX_BATCHES) -> Commitment:
+           max_batches: int) -> Commitment:
     """The commitment to sending ``tensors`` (the averager's buffers, in order) in a round.
 
     ``batch_sketches`` are all of the epoch's per-batch sketches (the ledger's, as Train
-    reports them); ``seed`` is the epoch's :func:`template.proof.sketch_seed`. One pass over
-    the values.
+    reports them), of which the first ``max_batches`` are listed
+    (:data:`template.protocol.MAX_BATCHES`, what a Train answer carries); ``seed`` is the
+    epoch's :func:`template.proof.sketch_seed`. One pass over the values. (This module does
+    not import the protocol: hivemind_utils imports it, and bittensor's import takes over
+    logging.)
     """
     sketches = np.asarray(batch_sketches, dtype=np.float64).reshape(-1, dims)
     if not len(sketches):

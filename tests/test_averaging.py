@@ -22,8 +22,11 @@ from hivemind_utils.dht import start_dht, visible_maddrs
 from template.config import AveragingConfig, DHTConfig
 
 SHAPES = [(257,), (16, 33), (5,)]
+# clip_factor 0: these tests compare with hivemind's plain weighted mean (tests/test_robust.py
+# covers the default clipped reduction)
 FAST = AveragingConfig(matchmaking_time=1.5, request_timeout=1.0, min_group_size=2,
-                       target_group_size=8, allreduce_timeout=20.0, next_chunk_timeout=3.0)
+                       target_group_size=8, allreduce_timeout=20.0, next_chunk_timeout=3.0,
+                       clip_factor=0.0)
 PART = 512  # bytes per streamed part: small, so every peer reduces a shard of small tensors
 
 

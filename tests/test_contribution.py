@@ -46,7 +46,8 @@ def epoch_work():
 
 
 def _commit(buffers, sketches, samples=3 * BATCH):
-    return commit(buffers, seed=SEED, samples=samples, batch_sketches=sketches, dims=SKETCH_DIMS)
+    return commit(buffers, seed=SEED, samples=samples, batch_sketches=sketches, dims=SKETCH_DIMS,
+                  max_batches=MAX_BATCHES)
 
 
 def _deliver(buffers, shard, *, seed=SEED, part=50_000, roundtrip=None):

@@ -16,7 +16,7 @@ from template.contribution import audit_gather, block_tolerance, commit, gather_
 from template.miner.adversary import Poisoner
 from template.projection import project
 from template.proof import SKETCH_DIMS
-from template.protocol import AllReduce
+from template.protocol import MAX_BATCHES, AllReduce
 from template.validator.allreduce_round import ContributionRules, judge_contributions
 
 SHAPES = [(40_000,), (100, 1000), (3000,)]
@@ -60,7 +60,7 @@ def _round(dhts, run_id, adversaries):
         for miner, (_, sketches), adversary in zip(miners, works, adversaries, strict=True):
             with miner.get_tensors() as buffers:
                 c = commit(buffers, seed=SEED, samples=2 * BATCH, batch_sketches=sketches,
-                           dims=SKETCH_DIMS)
+                           dims=SKETCH_DIMS, max_batches=MAX_BATCHES)
                 if adversary is not None:
                     c = adversary.contribute(0, list(buffers), c)
             gathers.append(c)

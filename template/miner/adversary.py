@@ -36,7 +36,7 @@ from template.contribution import Commitment, block_ranges, commit
 from template.data import VOCAB_SIZE
 from template.projection import BASES, CHUNK, chunk_signs
 from template.proof import SKETCH_DIMS
-from template.protocol import Train
+from template.protocol import MAX_BATCHES, Train
 
 if TYPE_CHECKING:
     from template.miner.miner import Miner
@@ -271,7 +271,8 @@ class Poisoner(Adversary):
                        strength)
         if variant == "flip-recommit":
             lie = commit(buffers, seed=commitment.seed, samples=commitment.samples,
-                         batch_sketches=[commitment.mean_sketch * -strength], dims=dims)
+                         batch_sketches=[commitment.mean_sketch * -strength], dims=dims,
+                         max_batches=MAX_BATCHES)
             return dataclasses.replace(lie, batches=commitment.batches,
                                        batch_sketches=commitment.batch_sketches * -strength)
         return commitment

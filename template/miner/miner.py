@@ -31,6 +31,7 @@ from template.miner.rounds import RoundDesk, RoundReport, RoundRequest, wait_for
 from template.miner.state import StateRejected, apply_training_state, training_state
 from template.model import fingerprint, fingerprint_distance, load_state_into
 from template.proof import SKETCH_DIMS, SketchRecorder, sketch_seed
+from template.protocol import MAX_BATCHES
 from template.telemetry import Telemetry
 from template.training import accumulate, apply_gradients, learning_rate, mean_gradient
 
@@ -219,7 +220,7 @@ class Miner:
         with self.averager.get_tensors() as buffers:
             honest = commit(buffers, seed=sketch_seed(self.cfg.neuron.run_id, epoch),
                             samples=work.samples, batch_sketches=work.sketches,
-                            dims=SKETCH_DIMS)
+                            dims=SKETCH_DIMS, max_batches=MAX_BATCHES)
             return self.adversary.contribute(epoch, list(buffers), honest)
 
     # ------------------------------------------------------------------ state and agreement
