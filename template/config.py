@@ -403,8 +403,9 @@ class ValidatorConfig:
     logs say "no canonical checkpoint" on a slow store."""
     fingerprint_tolerance: float = 0.0
     """Largest fingerprint distance from the reference that counts as the same model; 0 picks
-    it from `--averaging.compression` (none 1e-5, fp16 3e-3, 8bit 5e-2: measured honest spread
-    with margin, docs/validator.md). Raise it if honest miners fail with "fingerprint distance"."""
+    it from `--averaging.compression` (none 0.0001, fp16 0.006, 8bit 0.25: over 3x the measured
+    honest spread, template/consensus.py CONSENSUS_TOLERANCE, docs/validator.md). Raise it if
+    honest miners fail with "fingerprint distance"."""
 
     def __post_init__(self) -> None:
         _check(self.sample_size >= 1, "--validator.sample_size", "must be >= 1")

@@ -99,3 +99,13 @@ def test_replace_revalidates():
     assert cfg.replace(netuid=5).netuid == 5
     with pytest.raises(ConfigError):
         AveragingConfig(target_batch_size=0)
+
+
+def test_the_tolerance_help_quotes_the_tolerances_the_code_uses():
+    from template.consensus import CONSENSUS_TOLERANCE
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "validator.fingerprint_tolerance")
+    for compression, tolerance in CONSENSUS_TOLERANCE.items():
+        assert f"{compression} {tolerance:g}" in " ".join(action.help.split()), (compression,
+                                                                                 action.help)

@@ -94,13 +94,16 @@ def test_every_red_team_mode_earns_less_than_every_honest_miner(tmp_path):
 def test_miners_that_put_something_else_into_the_all_reduce_are_not_paid(tmp_path):
     """A sign-flipped, scaled gradient (`flip`, checked on the validator's shard) and an
     inflated averaging weight (`weight`, checked against the commitment), both after honest
-    training and honest Train answers: zero in every round, and no honest miner is flagged."""
+    training and honest Train answers: zero in every round, no honest miner is flagged, and
+    the loss still falls (every reducer clips by default)."""
     summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "2",
                        "--cheaters", "poisoner-flip,poisoner-weight")
     assert summary["ok"]
     cheaters, honest = set(summary["cheaters"]), honest_uids(summary)
     weights = {u: summary["weights"].get(u, 0.0) for u in [*cheaters, *honest]}
     assert max(weights[u] for u in cheaters) < min(weights[u] for u in honest), weights
+    losses = [e["loss"] for e in summary["epochs"]]
+    assert losses[-1] < losses[0], losses
     for entry in summary["epochs"]:
         assert all(entry["round_scores"].get(u, 0) == 0 for u in cheaters), entry["round_scores"]
         assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
