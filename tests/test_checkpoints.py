@@ -601,3 +601,29 @@ def test_reference_model_uses_the_fingerprint_of_its_loaded_weights(tmp_path):
     assert reference.epoch == 1
     assert list(reference.fingerprint) == fingerprint(reference.model)
     assert list(reference.fingerprint) != checkpoint.manifest["fingerprint"]
+
+
+# ------------------------------------------------------------------ candidates
+
+
+@pytest.mark.parametrize("kind", ["local", "hub"])
+def test_a_candidate_stores_weights_that_lost_the_race_for_the_tag(kind, hub, tmp_path):
+    store = LocalStore(tmp_path / "store") if kind == "local" else _hub_store(hub, tmp_path)[0]
+    forged, honest = _small_model(0), _small_model(1)
+    assert store.push(3, forged, None, {"who": "first"}) == "epoch-3"
+    with pytest.raises(CheckpointConflictError):
+        store.push(3, honest, None, {"who": "second"})
+    tag = store.push(3, honest, None, {"who": "second"}, candidate=True)
+    assert tag == f"epoch-3-{parameter_hash(honest)[:12]}"
+    assert store.push(3, honest, None, {}, candidate=True) == tag  # same weights: no-op
+    assert store.tags() == ["epoch-3"] and store.latest_epoch() == 3  # candidates never count
+    assert store.candidates(3) == [tag] and store.candidates(2) == []
+    pulled = store.pull(3, tag=tag)
+    assert parameter_hash(pulled.state_dict) == parameter_hash(honest)
+    assert pulled.metadata == {"who": "second"} and pulled.manifest["tag"] == tag
+    assert store.read_manifest(3, tag=tag)["parameter_hash"] == parameter_hash(honest)
+    assert parameter_hash(store.pull(3).state_dict) == parameter_hash(forged)
+    with pytest.raises(MissingCheckpointError, match="not a checkpoint tag of epoch 4"):
+        store.pull(4, tag=tag)
+    with pytest.raises(MissingCheckpointError):
+        store.pull(3, tag="epoch-3-000000000000")

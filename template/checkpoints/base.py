@@ -59,6 +59,7 @@ CONFIG = "config.json"
 OPTIMIZER = "optimizer.pt"
 FORMAT_VERSION = 1
 _TAG = re.compile(r"^epoch-(0|[1-9][0-9]*)$")
+_CANDIDATE = re.compile(r"^epoch-(0|[1-9][0-9]*)-([0-9a-f]{12})$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # flat file names, no paths
 FINGERPRINT_MATCH = 1e-6
 """Largest :func:`~template.model.fingerprint_distance` between a manifest's ``fingerprint``
@@ -131,10 +132,44 @@ def epoch_of(tag: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def candidate_tag(epoch: int, parameter_hash: str) -> str:
+    """The tag of a *candidate* checkpoint of ``epoch``: ``epoch-N-<first 12 hex of its hash>``.
+
+    A round member whose weights disagree with what already holds ``epoch-N`` (a forged or
+    conflicting push won the race) stores its own weights here instead; readers choose among
+    ``epoch-N`` and its candidates by signature and fingerprint
+    (:mod:`template.attestation`). Candidates never count as an epoch's tag in :meth:`tags`.
+    """
+    if not re.fullmatch(r"[0-9a-f]{64}", parameter_hash):
+        raise ValueError(f"parameter_hash must be 64 hex digits, got {parameter_hash!r}")
+    return f"{tag_for(epoch)}-{parameter_hash[:12]}"
+
+
+def epoch_of_any(tag: str) -> int | None:
+    """The epoch of ``epoch-N`` or of a candidate ``epoch-N-<hash>``; None for other names."""
+    match = _TAG.match(tag) or _CANDIDATE.match(tag)
+    return int(match.group(1)) if match else None
+
+
 def sort_tags(names: list[str]) -> list[str]:
     """The ``epoch-N`` names among ``names``, by epoch (numeric, not string, order)."""
     tagged = [(epoch_of(n), n) for n in names]
     return [name for epoch, name in sorted((e, n) for e, n in tagged if e is not None)]
+
+
+def tag_of(epoch: int, tag: str | None) -> str:
+    """``tag`` checked to name ``epoch`` (``epoch-N`` or one of its candidates); default
+    ``epoch-N``. Raises :class:`MissingCheckpointError` for a tag of another epoch."""
+    if tag is None:
+        return tag_for(epoch)
+    if epoch_of_any(tag) != epoch:
+        raise MissingCheckpointError(f"{tag!r} is not a checkpoint tag of epoch {epoch}")
+    return tag
+
+
+def candidates_of(names: list[str], epoch: int) -> list[str]:
+    """The candidate tags of ``epoch`` among ``names``, sorted by name."""
+    return sorted(n for n in names if _CANDIDATE.match(n) and epoch_of_any(n) == epoch)
 
 
 # ------------------------------------------------------------------ the interface
@@ -161,26 +196,39 @@ class CheckpointStore(abc.ABC):
     """Where each epoch's canonical weights go, tagged ``epoch-N``.
 
     Tags are write-once: pushing a tag again with the same ``parameter_hash`` is a no-op that
-    returns the tag; with other weights it raises :class:`CheckpointConflictError`.
+    returns the tag; with other weights it raises :class:`CheckpointConflictError`. With
+    ``candidate=True`` a push goes to :func:`candidate_tag` instead (same rules), so weights
+    that lost the race for ``epoch-N`` to a conflicting push are still stored and readable.
+    ``tag`` in :meth:`pull` / :meth:`read_manifest` selects such a candidate (default:
+    ``epoch-N``).
     """
 
     @abc.abstractmethod
     def push(self, epoch: int, model: torch.nn.Module, tokenizer: Any,
              metadata: Mapping[str, Any], *,
-             optimizer_state: Mapping[str, Any] | None = None) -> str:
+             optimizer_state: Mapping[str, Any] | None = None,
+             candidate: bool = False) -> str:
         """Store the checkpoint of ``epoch`` and return its tag. ``tokenizer`` may be None."""
 
     @abc.abstractmethod
-    def tags(self) -> list[str]:
-        """All checkpoint tags, sorted by epoch."""
+    def refs(self) -> list[str]:
+        """Every tag name in the store (epoch tags, candidates, anything else)."""
 
     @abc.abstractmethod
-    def pull(self, epoch: int) -> Checkpoint:
+    def pull(self, epoch: int, *, tag: str | None = None) -> Checkpoint:
         """Fetch and verify a checkpoint; raises :class:`CheckpointError` subclasses."""
 
     @abc.abstractmethod
-    def read_manifest(self, epoch: int) -> dict[str, Any]:
+    def read_manifest(self, epoch: int, *, tag: str | None = None) -> dict[str, Any]:
         """The schema-checked manifest of ``epoch`` (weights not fetched nor verified)."""
+
+    def tags(self) -> list[str]:
+        """All ``epoch-N`` tags, sorted by epoch (candidates excluded)."""
+        return sort_tags(self.refs())
+
+    def candidates(self, epoch: int) -> list[str]:
+        """The candidate tags of ``epoch`` (see :func:`candidate_tag`), sorted by name."""
+        return candidates_of(self.refs(), epoch)
 
     def latest_epoch(self) -> int | None:
         """The highest epoch whose checkpoint has a valid manifest, or ``None`` if none has.
@@ -222,7 +270,8 @@ def fsync_path(path: Path) -> None:
 
 def write_checkpoint(directory: Path, epoch: int, model: torch.nn.Module, tokenizer: Any,
                      metadata: Mapping[str, Any], *,
-                     optimizer_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     optimizer_state: Mapping[str, Any] | None = None,
+                     tag: str | None = None) -> dict[str, Any]:
     """Write a checkpoint's files into an existing empty ``directory``; return the manifest.
 
     Every file and the folder are fsynced, so a rename of the folder afterwards publishes a
@@ -246,7 +295,7 @@ def write_checkpoint(directory: Path, epoch: int, model: torch.nn.Module, tokeni
     manifest = {
         "format": FORMAT_VERSION,
         "epoch": epoch,
-        "tag": tag_for(epoch),
+        "tag": tag or tag_for(epoch),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "parameter_hash": parameter_hash(model),
         "num_parameters": count_parameters(model),

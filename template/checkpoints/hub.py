@@ -44,10 +44,10 @@ from template.checkpoints.base import (
     MissingCheckpointError,
     StoreAuthError,
     StoreUnavailableError,
+    candidate_tag,
     parse_manifest,
     read_checkpoint,
-    sort_tags,
-    tag_for,
+    tag_of,
     write_checkpoint,
 )
 from template.model import parameter_hash
@@ -130,33 +130,35 @@ class HubStore(CheckpointStore):
 
     # -------------------------------------------------------------- interface
 
-    def tags(self) -> list[str]:
+    def refs(self) -> list[str]:
         try:
             refs = self._call("list tags", lambda: self._api.list_repo_refs(self.repo_id))
         except RepositoryNotFoundError:
             return []
         except HfHubHTTPError as err:
             raise CheckpointError(f"list tags of {self.repo_id}: {err}") from err
-        return sort_tags([ref.name for ref in refs.tags])
+        return sorted(ref.name for ref in refs.tags)
 
     def push(self, epoch: int, model: torch.nn.Module, tokenizer: Any,
              metadata: Mapping[str, Any], *,
-             optimizer_state: Mapping[str, Any] | None = None) -> str:
-        tag = tag_for(epoch)
+             optimizer_state: Mapping[str, Any] | None = None,
+             candidate: bool = False) -> str:
+        new_hash = parameter_hash(model)
+        tag = candidate_tag(epoch, new_hash) if candidate else tag_of(epoch, None)
         try:
-            return self._push(epoch, model, tokenizer, metadata, optimizer_state)
+            return self._push(epoch, tag, new_hash, model, tokenizer, metadata, optimizer_state)
         except HfHubHTTPError as err:  # 4xx other than 401/403/409: a request the Hub refuses
             raise CheckpointError(f"push {tag} to {self.repo_id}: {err}") from err
 
-    def _push(self, epoch: int, model: torch.nn.Module, tokenizer: Any,
-              metadata: Mapping[str, Any], optimizer_state: Mapping[str, Any] | None) -> str:
-        tag = tag_for(epoch)
-        if tag in self.tags():
-            return self._same_or_conflict(epoch, parameter_hash(model))
+    def _push(self, epoch: int, tag: str, new_hash: str, model: torch.nn.Module,
+              tokenizer: Any, metadata: Mapping[str, Any],
+              optimizer_state: Mapping[str, Any] | None) -> str:
+        if tag in self.refs():
+            return self._same_or_conflict(epoch, tag, new_hash)
         with tempfile.TemporaryDirectory(prefix=f"push-{tag}-") as tmp:
             folder = Path(tmp)
             manifest = write_checkpoint(folder, epoch, model, tokenizer, metadata,
-                                        optimizer_state=optimizer_state)
+                                        optimizer_state=optimizer_state, tag=tag)
             operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
                           for p in sorted(folder.iterdir())]
             self._call("create repo", lambda: self._api.create_repo(
@@ -171,39 +173,37 @@ class HubStore(CheckpointStore):
             if err.response is None or err.response.status_code != 409:
                 raise
             # Someone tagged this epoch between our check and our tag.
-            return self._same_or_conflict(epoch, manifest["parameter_hash"])
+            return self._same_or_conflict(epoch, tag, manifest["parameter_hash"])
         logger.info("pushed %s to %s (commit %s)", tag, self.repo_id, commit.oid[:12])
         return tag
 
-    def _same_or_conflict(self, epoch: int, new_hash: str) -> str:
-        tag = tag_for(epoch)
-        existing = self.read_manifest(epoch)
+    def _same_or_conflict(self, epoch: int, tag: str, new_hash: str) -> str:
+        existing = self.read_manifest(epoch, tag=tag)
         if existing["parameter_hash"] != new_hash:
             raise CheckpointConflictError(tag, existing["parameter_hash"])
         return tag
 
-    def read_manifest(self, epoch: int) -> dict[str, Any]:
-        tag = tag_for(epoch)
+    def read_manifest(self, epoch: int, *, tag: str | None = None) -> dict[str, Any]:
+        tag = tag_of(epoch, tag)
         return parse_manifest(self._download(MANIFEST, tag, self._folder(tag)).read_bytes(),
                               epoch=epoch)
 
-    def pull(self, epoch: int) -> Checkpoint:
-        tag = tag_for(epoch)
+    def pull(self, epoch: int, *, tag: str | None = None) -> Checkpoint:
+        tag = tag_of(epoch, tag)
         folder = self._folder(tag)
         try:
-            return self._fetch(epoch, folder, force=False)
+            return self._fetch(epoch, tag, folder, force=False)
         except CorruptCheckpointError as err:  # a stale or damaged local copy: fetch again
             logger.warning("%s from %s failed verification (%s); downloading again", tag,
                            self.repo_id, err)
-            return self._fetch(epoch, folder, force=True)
+            return self._fetch(epoch, tag, folder, force=True)
 
     # -------------------------------------------------------------- helpers
 
     def _folder(self, tag: str) -> Path:
         return self.cache_dir / self.repo_id.replace("/", "--") / tag
 
-    def _fetch(self, epoch: int, folder: Path, *, force: bool) -> Checkpoint:
-        tag = tag_for(epoch)
+    def _fetch(self, epoch: int, tag: str, folder: Path, *, force: bool) -> Checkpoint:
         manifest = parse_manifest(self._download(MANIFEST, tag, folder, force=force).read_bytes(),
                                   epoch=epoch)
         for name in manifest["files"]:

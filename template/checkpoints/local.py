@@ -28,11 +28,11 @@ from template.checkpoints.base import (
     CheckpointStore,
     ManifestError,
     MissingCheckpointError,
+    candidate_tag,
     fsync_path,
     parse_manifest,
     read_checkpoint,
-    sort_tags,
-    tag_for,
+    tag_of,
     write_checkpoint,
 )
 from template.model import parameter_hash
@@ -73,28 +73,30 @@ class LocalStore(CheckpointStore):
                 logger.info("removed leftover temp checkpoint %s", path)
         return removed
 
-    def tags(self) -> list[str]:
-        names = [p.name for p in self.root.iterdir() if p.is_dir()]
-        return sort_tags(names)
+    def refs(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(_TMP_PREFIX))
 
     def push(self, epoch: int, model: torch.nn.Module, tokenizer: Any,
              metadata: Mapping[str, Any], *,
-             optimizer_state: Mapping[str, Any] | None = None) -> str:
-        tag = tag_for(epoch)
+             optimizer_state: Mapping[str, Any] | None = None,
+             candidate: bool = False) -> str:
+        new_hash = parameter_hash(model)
+        tag = candidate_tag(epoch, new_hash) if candidate else tag_of(epoch, None)
         final = self.root / tag
         if final.exists():
-            return self._same_or_conflict(tag, parameter_hash(model))
+            return self._same_or_conflict(epoch, tag, new_hash)
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{tag}-", dir=self.root))
         try:
             manifest = write_checkpoint(tmp, epoch, model, tokenizer, metadata,
-                                        optimizer_state=optimizer_state)
+                                        optimizer_state=optimizer_state, tag=tag)
             try:
                 os.rename(tmp, final)
             except OSError:
                 if not final.exists():
                     raise
                 # Another process published the same tag between our check and our rename.
-                return self._same_or_conflict(tag, manifest["parameter_hash"])
+                return self._same_or_conflict(epoch, tag, manifest["parameter_hash"])
             fsync_path(self.root)
         finally:
             if tmp.exists():
@@ -103,10 +105,9 @@ class LocalStore(CheckpointStore):
                     manifest["parameter_hash"][:16])
         return tag
 
-    def _same_or_conflict(self, tag: str, new_hash: str) -> str:
-        epoch = int(tag.removeprefix("epoch-"))
+    def _same_or_conflict(self, epoch: int, tag: str, new_hash: str) -> str:
         try:
-            existing = self.read_manifest(epoch)
+            existing = self.read_manifest(epoch, tag=tag)
         except CheckpointError as err:
             raise CheckpointConflictError(
                 tag, "", f"{tag} already exists in {self.root} with an unreadable manifest "
@@ -115,8 +116,8 @@ class LocalStore(CheckpointStore):
             raise CheckpointConflictError(tag, existing["parameter_hash"])
         return tag
 
-    def _directory(self, epoch: int) -> Path:
-        tag = tag_for(epoch)
+    def _directory(self, epoch: int, tag: str | None = None) -> Path:
+        tag = tag_of(epoch, tag)
         directory = self.root / tag
         if not directory.is_dir():
             have = self.tags()
@@ -124,13 +125,13 @@ class LocalStore(CheckpointStore):
                 f"no checkpoint {tag} in {self.root} (have: {', '.join(have[-5:]) or 'none'})")
         return directory
 
-    def read_manifest(self, epoch: int) -> dict[str, Any]:
-        path = self._directory(epoch) / MANIFEST
+    def read_manifest(self, epoch: int, *, tag: str | None = None) -> dict[str, Any]:
+        path = self._directory(epoch, tag) / MANIFEST
         try:
             raw = path.read_bytes()
         except OSError as err:
             raise ManifestError(f"{MANIFEST} unreadable in {path.parent}: {err}") from err
         return parse_manifest(raw, epoch=epoch)
 
-    def pull(self, epoch: int) -> Checkpoint:
-        return read_checkpoint(self._directory(epoch), epoch)
+    def pull(self, epoch: int, *, tag: str | None = None) -> Checkpoint:
+        return read_checkpoint(self._directory(epoch, tag), epoch)
