@@ -70,7 +70,7 @@ ROUND_SYNAPSES = frozenset({"AllReduce", "Train"})
 """Synapses that need a validator permit or ``--blacklist.min_stake`` when callers must be
 staked."""
 ROUND_GATED = frozenset({"AllReduce"})
-"""Synapses held in the :class:`RoundGate` (one pending per hotkey, bounded overall)."""
+"""Synapses held in the :class:`RoundGate` (one pending per hotkey and epoch, bounded)."""
 _IP_LOOKUP_LOCK = threading.Lock()
 
 
@@ -121,14 +121,29 @@ class CallerPolicy:
         return self.min_stake if synapse_name in self.staked_synapses else None
 
 
-def admit_round(pending: Mapping[str, int], hotkey: str, *, max_pending: int) -> str | None:
-    """Why a new AllReduce from ``hotkey`` is refused, or None to admit it (pure).
+ROUNDS_PER_HOTKEY = 2
+"""Epochs one hotkey may have AllReduce rounds pending for at once: the round it asked for and
+the next (a validator whose request for epoch ``e`` still waits when the swarm reaches
+``e + 1``). More would let one hotkey take the whole ``--blacklist.max_pending_rounds``."""
 
-    ``pending`` counts the rounds each hotkey has in flight: a hotkey gets one at a time, and
-    the miner holds at most ``max_pending`` in all.
+RoundKey = tuple[str, int]
+"""``(hotkey, epoch)`` of a pending AllReduce round."""
+
+
+def admit_round(pending: Mapping[RoundKey, int], key: RoundKey, *, max_pending: int,
+                per_hotkey: int = ROUNDS_PER_HOTKEY) -> str | None:
+    """Why a new AllReduce ``key = (hotkey, epoch)`` is refused, or None to admit it (pure).
+
+    ``pending`` counts the rounds in flight per ``(hotkey, epoch)``: a hotkey gets one at a
+    time per epoch, for at most ``per_hotkey`` epochs, and the miner holds at most
+    ``max_pending`` in all.
     """
-    if pending.get(hotkey, 0) > 0:
-        return "busy: this hotkey already has an AllReduce round pending"
+    hotkey, epoch = key
+    if pending.get(key, 0) > 0:
+        return f"busy: this hotkey already has an AllReduce round pending for epoch {epoch}"
+    mine = sum(n for (h, _), n in pending.items() if h == hotkey)
+    if mine >= per_hotkey:
+        return f"busy: this hotkey already has {mine} AllReduce rounds pending (other epochs)"
     total = sum(pending.values())
     if total >= max_pending:
         return f"busy: {total} AllReduce rounds pending (--blacklist.max_pending_rounds)"
@@ -136,30 +151,33 @@ def admit_round(pending: Mapping[str, int], hotkey: str, *, max_pending: int) ->
 
 
 class RoundGate:
-    """Thread-safe counter of pending AllReduce rounds per caller, decided by
+    """Thread-safe counter of pending AllReduce rounds per ``(hotkey, epoch)``, decided by
     :func:`admit_round`. ``enter`` returns a refusal reason or None (then call ``leave``)."""
 
-    def __init__(self, *, max_pending: int):
+    def __init__(self, *, max_pending: int, per_hotkey: int = ROUNDS_PER_HOTKEY):
         if max_pending < 1:
             raise ValueError("--blacklist.max_pending_rounds: must be >= 1")
-        self.max_pending = max_pending
-        self._pending: dict[str, int] = {}
+        self.max_pending, self.per_hotkey = max_pending, per_hotkey
+        self._pending: dict[RoundKey, int] = {}
         self._lock = threading.Lock()
 
-    def enter(self, hotkey: str) -> str | None:
+    def enter(self, hotkey: str, epoch: int) -> str | None:
+        key = (hotkey, epoch)
         with self._lock:
-            refusal = admit_round(self._pending, hotkey, max_pending=self.max_pending)
+            refusal = admit_round(self._pending, key, max_pending=self.max_pending,
+                                  per_hotkey=self.per_hotkey)
             if refusal is None:
-                self._pending[hotkey] = self._pending.get(hotkey, 0) + 1
+                self._pending[key] = self._pending.get(key, 0) + 1
             return refusal
 
-    def leave(self, hotkey: str) -> None:
+    def leave(self, hotkey: str, epoch: int) -> None:
+        key = (hotkey, epoch)
         with self._lock:
-            left = self._pending.get(hotkey, 0) - 1
+            left = self._pending.get(key, 0) - 1
             if left > 0:
-                self._pending[hotkey] = left
+                self._pending[key] = left
             else:
-                self._pending.pop(hotkey, None)
+                self._pending.pop(key, None)
 
     def pending(self) -> int:
         with self._lock:
@@ -322,6 +340,12 @@ def check_request_body(synapse_type: type[bt.Synapse], body: bytes, body_hash: s
     return None
 
 
+def _body_epoch(body: bytes) -> int:
+    """The ``epoch`` of a request body that :func:`check_request_body` accepted (0 if unset)."""
+    epoch = json.loads(body).get("epoch", 0)
+    return epoch if isinstance(epoch, int) else 0
+
+
 def _short(err: ValidationError) -> str:
     """pydantic's message, one line, with the error type markers kept (``type=too_long``)."""
     return " ".join(str(err).split())
@@ -337,7 +361,8 @@ class FastResponseMiddleware(AxonMiddleware):
       object or does not match its signed hash 400, values the schema refuses 422 (see
       :func:`check_request_body`). A handler that raises is still a 500.
     - AllReduce requests pass the axon's :class:`RoundGate` (``axon.round_gate``): one
-      pending round per hotkey and a bounded number overall; the rest get 429 at once.
+      pending round per hotkey and epoch, at most :data:`ROUNDS_PER_HOTKEY` epochs per hotkey
+      and a bounded number overall; the rest get 429 at once.
     - Responses are encoded with pydantic's ``model_dump_json`` (30-40x faster than FastAPI's
       ``jsonable_encoder`` on float lists); same status defaults, body fields and headers.
     """
@@ -370,13 +395,14 @@ class FastResponseMiddleware(AxonMiddleware):
         if gate is None or synapse.name not in ROUND_GATED:
             return await super().run(synapse, call_next, request)
         hotkey = str(synapse.dendrite.hotkey) if synapse.dendrite is not None else ""
-        refusal = gate.enter(hotkey)
+        epoch = _body_epoch(body)
+        refusal = gate.enter(hotkey, epoch)
         if refusal is not None:
             raise RequestRefused(429, refusal, synapse)
         try:
             return await super().run(synapse, call_next, request)
         finally:
-            gate.leave(hotkey)
+            gate.leave(hotkey, epoch)
 
     async def _read_body(self, synapse: bt.Synapse, request: Request) -> bytes:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -1,5 +1,5 @@
 """A real Axon on 127.0.0.1 under malformed requests and an AllReduce flood, plus the pure
-policy behind it (who may call, one pending round per hotkey, body checks)."""
+policy behind it (who may call, one pending round per hotkey and epoch, body checks)."""
 
 from __future__ import annotations
 
@@ -362,16 +362,57 @@ def test_policy_from_config_gates_rounds_off_the_devnet_only():
             BlacklistConfig(**bad)
 
 
-def test_admit_round_one_per_hotkey_and_bounded():
-    assert admit_round({}, "a", max_pending=2) is None
-    assert "this hotkey" in admit_round({"a": 1}, "a", max_pending=2)
-    assert admit_round({"a": 1}, "b", max_pending=2) is None
-    assert "max_pending_rounds" in admit_round({"a": 1, "b": 1}, "c", max_pending=2)
-    gate = RoundGate(max_pending=2)
-    assert gate.enter("a") is None and gate.enter("a") is not None
-    assert gate.enter("b") is None and gate.enter("c") is not None and gate.pending() == 2
-    gate.leave("a")
-    assert gate.enter("c") is None and gate.enter("a") is not None
+def test_admit_round_one_per_hotkey_and_epoch_and_bounded():
+    assert admit_round({}, ("a", 1), max_pending=3) is None
+    assert "epoch 1" in admit_round({("a", 1): 1}, ("a", 1), max_pending=3)
+    assert admit_round({("a", 1): 1}, ("a", 2), max_pending=3) is None  # the next epoch
+    assert admit_round({("a", 1): 1}, ("b", 1), max_pending=3) is None
+    assert "other epochs" in admit_round({("a", 1): 1, ("a", 2): 1}, ("a", 3), max_pending=9)
+    assert admit_round({("a", 1): 1, ("a", 2): 1}, ("a", 3), max_pending=9, per_hotkey=3) is None
+    assert "max_pending_rounds" in admit_round({("a", 1): 1, ("b", 1): 1}, ("c", 1),
+                                               max_pending=2)
+    assert "max_pending_rounds" in admit_round({("a", 1): 1, ("b", 1): 1}, ("a", 2),
+                                               max_pending=2)
+    gate = RoundGate(max_pending=3)
+    assert gate.enter("a", 1) is None and gate.enter("a", 1) is not None
+    assert gate.enter("a", 2) is None and gate.enter("a", 3) is not None
+    assert gate.enter("b", 1) is None and gate.enter("c", 1) is not None and gate.pending() == 3
+    gate.leave("a", 1)
+    assert gate.enter("a", 1) is None and gate.enter("c", 1) is not None
+    gate.leave("a", 2)
+    assert gate.enter("c", 1) is None and gate.pending() == 3
+
+
+def test_same_hotkey_same_epoch_gets_429_another_epoch_is_admitted(net):
+    """On a real Axon (devnet policy, --blacklist.max_pending_rounds 2)."""
+    info = target(net["axons"]["devnet"])
+
+    async def go() -> list[bt.Synapse]:
+        dendrites = [build_dendrite(net["wallets"]["flooder"]) for _ in range(4)]
+
+        def ask(i: int, epoch: int) -> asyncio.Future:
+            return asyncio.ensure_future(dendrites[i].call(
+                info, P.AllReduce(epoch=epoch, round_id=f"e{epoch}-{i}"),
+                timeout=ROUND_SECONDS + 10, deserialize=False))
+
+        try:
+            first = ask(0, 5)
+            await asyncio.sleep(0.5)  # epoch 5's round is pending now
+            again, other = ask(1, 5), ask(2, 6)
+            await asyncio.sleep(0.5)
+            third = ask(3, 7)  # a third epoch from the same hotkey
+            return list(await asyncio.gather(first, again, other, third))
+        finally:
+            for d in dendrites:
+                await d.aclose_session()
+
+    first, again, other, third = asyncio.run(go())
+    assert first.dendrite.status_code == 200 and first.success
+    assert other.dendrite.status_code == 200 and other.success
+    for refused, why in ((again, "pending for epoch 5"), (third, "other epochs")):
+        assert refused.dendrite.status_code == 429, refused.dendrite
+        rejection = P.transport_rejection(refused)
+        assert rejection.reason is P.Reason.BUSY and why in rejection.detail, rejection
 
 
 def test_check_request_body_gives_status_and_reason():
