@@ -18,18 +18,20 @@ import torch
 
 from hivemind_utils.averaging import AveragingResult, SwarmAverager
 from hivemind_utils.swarm_state import ProgressReporter, SwarmState, should_start_round
+from template.attestation import Attested, NoCanonicalCheckpoint, hotkey_peers, resolve, sign_push
+from template.attestation import within as fingerprint_within
 from template.checkpoints import CheckpointConflictError, CheckpointError, CheckpointStore, tag_for
 from template.config import Config
 from template.consensus import consensus_tolerance, needs_resync, pusher_order
 from template.contribution import Commitment, commit, gather_digest
-from template.data import assign_pages, epoch_batches
+from template.data import assign_pages, epoch_batches, training_pages
 from template.data.sources import PageSource
 from template.device import autocast
 from template.miner.adversary import Adversary
 from template.miner.ledger import EpochWork, WorkLedger
 from template.miner.rounds import RoundDesk, RoundReport, RoundRequest, wait_for_round
 from template.miner.state import StateRejected, apply_training_state, training_state
-from template.model import fingerprint, fingerprint_distance, load_state_into
+from template.model import fingerprint, fingerprint_distance, load_state_into, parameter_hash
 from template.proof import SKETCH_DIMS, SketchRecorder, sketch_seed
 from template.protocol import MAX_BATCHES
 from template.telemetry import Telemetry
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_INTERVAL = 2.0  # seconds between progress records (training or waiting)
 RECORD_EXPIRATION = 15.0  # a miner silent this long no longer counts as a live peer
+SYNC_LOOKBACK = 3  # newest epochs tried when catching up from the store
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,8 @@ class Miner:
         pages = assign_pages(run_id=self.cfg.neuron.run_id, epoch=epoch, miner=self.uid,
                              pages_per_miner=data.pages_per_epoch,
                              dataset_size=self.source.num_pages)
-        batches = epoch_batches(self.source.pages(pages), self.tokenizer, seq_len=data.seq_len,
-                                batch_size=data.batch_size)
+        batches = epoch_batches(training_pages(self.source, pages, epoch=epoch), self.tokenizer,
+                                seq_len=data.seq_len, batch_size=data.batch_size)
         self.ledger.begin(epoch, pages=pages, fingerprint=fingerprint(self.model))
         self.model.zero_grad(set_to_none=True)
         started = time.perf_counter()
@@ -227,12 +230,17 @@ class Miner:
 
     def sync_state(self) -> None:
         """Catch up with the swarm (late join, restart, missed round): download the state of a
-        peer that is ahead, or, when no peer answers, load the store's latest checkpoint."""
+        peer that is ahead, or, when no peer answers, load the store's latest checkpoint that
+        a chain-bound pusher signed (an older epoch when the newest has none)."""
         if self.swarm_state().global_epoch > self.epoch and self.load_state_from_peers():
             return
         latest = self._latest_epoch()
-        if latest is not None and latest > self.epoch:
-            self.load_checkpoint(latest)
+        for epoch in range(latest or 0, self.epoch, -1)[:SYNC_LOOKBACK]:
+            try:
+                self.load_checkpoint(epoch)
+                return
+            except CheckpointError as err:
+                logger.warning("cannot load epoch-%d: %s", epoch, err)
 
     def adopt_group_step(self, epoch: int) -> bool:
         """After a round the group completed but this miner did not (some of a reducer's results
@@ -292,12 +300,22 @@ class Miner:
         every = self.cfg.neuron.resync_every
         if not every or epoch % every:
             return
-        try:
-            canonical = self.store.pull(epoch)
+        try:  # a checkpoint in line with our weights (a forged epoch-N is passed over)
+            found = self.canonical(epoch, agrees=self._agrees_with_own(0.5))
+        except NoCanonicalCheckpoint:
+            found = None
         except CheckpointError as err:
             logger.info("epoch %d: no canonical checkpoint to compare with yet (%s)", epoch, err)
             return
-        drift = fingerprint_distance(fingerprint(self.model), canonical.manifest["fingerprint"])
+        if found is not None:
+            logger.info("epoch %d: in line with the canonical checkpoint %s", epoch, found.tag)
+            return
+        try:
+            found = self.canonical(epoch)
+        except CheckpointError as err:
+            logger.info("epoch %d: no signed checkpoint to resync from (%s)", epoch, err)
+            return
+        drift = fingerprint_distance(fingerprint(self.model), found.fingerprint)
         logger.info("epoch %d: drift from the canonical checkpoint %.3g", epoch, drift)
         tolerance = consensus_tolerance(self.cfg.averaging.compression,
                                         self.cfg.validator.fingerprint_tolerance)
@@ -306,7 +324,8 @@ class Miner:
             self.load_checkpoint(epoch)
 
     def load_checkpoint(self, epoch: int) -> None:
-        ckpt = self.store.pull(epoch)
+        """Load the epoch's first checkpoint signed by a chain-bound pusher."""
+        ckpt = self.canonical(epoch).checkpoint
         with self.state_lock:
             load_state_into(self.model, ckpt.state_dict)
             if ckpt.optimizer_state is not None:
@@ -376,6 +395,7 @@ class Miner:
             return  # reloaded or stepped since: those weights are gone
         try:
             if tag_for(pending.epoch) in self.store.tags():
+                self._check_canonical(pending.epoch, pending.metadata)
                 return
         except CheckpointError as err:
             logger.warning("checkpoint store unavailable: %s", err)
@@ -384,16 +404,54 @@ class Miner:
                        tag_for(pending.epoch), pending.metadata["pusher_rank"])
         self._push(pending.epoch, pending.metadata)
 
-    def _push(self, epoch: int, metadata: dict[str, Any]) -> None:
+    def _push(self, epoch: int, metadata: dict[str, Any], *, candidate: bool = False) -> None:
+        """Push this member's weights, signed (template/attestation.py). When ``epoch-N`` is
+        already taken by other weights, check them (:meth:`_check_canonical`)."""
         try:
             with self.state_lock:
-                tag = self.store.push(epoch, self.model, self.tokenizer, metadata,
-                                      optimizer_state=self.optimizer.state_dict())
+                signed = {**metadata, **sign_push(
+                    self.wallet.hotkey, run_id=self.cfg.neuron.run_id, epoch=epoch,
+                    parameter_hash=parameter_hash(self.model), pusher=self.peer_id)}
+                tag = self.store.push(epoch, self.model, self.tokenizer, signed,
+                                      optimizer_state=self.optimizer.state_dict(),
+                                      candidate=candidate)
             logger.info("pushed checkpoint %s", tag)
         except CheckpointConflictError as err:
-            logger.info("another member pushed epoch %d first: %s", epoch, err)
+            logger.info("another push holds epoch %d: %s", epoch, err)
+            if not candidate:
+                self._check_canonical(epoch, metadata)
         except CheckpointError as err:
             logger.error("checkpoint push for epoch %d failed: %s", epoch, err)
+
+    def _check_canonical(self, epoch: int, metadata: dict[str, Any]) -> None:
+        """Some checkpoint of ``epoch`` must be signed by a bound pusher and agree with this
+        member's post-step weights; if none does (a forged or conflicting push won the race for
+        ``epoch-N``), push ours as a candidate so readers can still find the round's result."""
+        if epoch != self.epoch:
+            return  # stepped or reloaded since: these weights are not the epoch's any more
+        try:
+            found = self.canonical(epoch, agrees=self._agrees_with_own())
+        except NoCanonicalCheckpoint as err:
+            logger.error("no checkpoint of epoch %d agrees with this round's weights (%s): "
+                         "pushing ours as a candidate", epoch, err)
+            self._push(epoch, metadata, candidate=True)
+            return
+        except CheckpointError as err:
+            logger.warning("cannot check the checkpoint of epoch %d: %s", epoch, err)
+            return
+        logger.info("checkpoint %s (pushed by %s) agrees with our weights", found.tag,
+                    found.pusher)
+
+    def canonical(self, epoch: int, *, agrees: Any = None) -> Attested:
+        """The epoch's checkpoint this miner accepts (:func:`template.attestation.resolve`):
+        signed by a chain-bound pusher and, with ``agrees``, in line with those weights."""
+        return resolve(self.store, epoch, run_id=self.cfg.neuron.run_id,
+                       peers=hotkey_peers(self.chain), agrees=agrees)
+
+    def _agrees_with_own(self, fraction: float = 1.0) -> Any:
+        tolerance = consensus_tolerance(self.cfg.averaging.compression,
+                                        self.cfg.validator.fingerprint_tolerance)
+        return fingerprint_within(fingerprint(self.model), tolerance * fraction)
 
     def _record_epoch(self, epoch: int, result: AveragingResult, fp: list[float], lr: float,
                       grad_norm: float | None) -> None:
