@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ LOCAL_NETWORK = "local-devnet"
 BITTENSOR_NETWORKS = ("finney", "test", "archive", "local")
 _MAX_POSITIONS = 1024  # GPT-2's context length (n_positions)
 DEFAULT_HOME = "~/.distributed_training"  # paths keep their `~`; expand them where they are used
+FINEWEB_REVISION = "af075bed828c75624d8a78f0783778e8dbf1dea0"  # see docs/production.md
+_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class ConfigError(ValueError):
@@ -197,9 +200,16 @@ class DataConfig:
     """Sequences per micro-batch (one forward/backward)."""
     pages_per_epoch: int = 8
     """Pages (documents) each miner trains on per epoch."""
+    revision: str = FINEWEB_REVISION
+    """FineWeb revision on the Hub (`--data.source fineweb`): page i is row i of the files at
+    this commit, so every peer of a run must use the same one (docs/production.md). A branch
+    or tag such as `main` is allowed but moves: peers may then disagree on page i."""
 
     def __post_init__(self) -> None:
         _check(self.source in ("local", "fineweb"), "--data.source", "use local or fineweb")
+        _check(bool(_REVISION_RE.match(self.revision)), "--data.revision",
+               f"{self.revision!r} is not a Hub revision (a commit hash, tag or branch name "
+               "of letters, digits, `.`, `_`, `-`)")
         _check(self.seq_len >= 8, "--data.seq_len", "must be >= 8 tokens")
         _check(self.batch_size >= 1, "--data.batch_size", "must be >= 1")
         _check(self.pages_per_epoch >= 1, "--data.pages_per_epoch", "must be >= 1")

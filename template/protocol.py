@@ -215,6 +215,7 @@ class Reason(str, enum.Enum):
     INCONSISTENT = "inconsistent"  # lengths or dimensions that do not fit together
     MINER_ERROR = "miner_error"  # the miner answered with an error / success=False
     BUSY = "busy"  # the miner refused a round it cannot hold now (429): retry later
+    NOT_VERIFIABLE = "not_verifiable"  # the validator's own data cannot check it: no blame
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ from template.data.sources import (
     build_page_source,
     fineweb_source,
     local_source,
+    readable_prefix,
+    shard_problem,
+    training_pages,
 )
 from template.data.tokenizer import EOS_ID, VOCAB_SIZE, TokenizerError, load_tokenizer
 
@@ -39,5 +42,6 @@ __all__ = [
     "assign_pages",
     "batch_at", "build_demo_shards", "build_page_source", "build_shards", "encode_documents",
     "ensure_demo_shards", "epoch_batches", "fineweb_source", "load_tokenizer", "local_source",
-    "num_batches", "token_stream", "write_shards",
+    "num_batches", "readable_prefix", "shard_problem", "token_stream", "training_pages",
+    "write_shards",
 ]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from template.config import DataConfig
+from template.config import FINEWEB_REVISION, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ FINEWEB_COLUMNS = ("text", "id", "dump", "url", "date", "file_path", "language",
 FINEWEB_REPO = "HuggingFaceFW/fineweb"
 FINEWEB_CONFIG = "sample-350BT"
 T = TypeVar("T")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 class ShardError(ValueError):
@@ -246,6 +248,43 @@ class ParquetPageSource:
         return out
 
 
+def shard_problem(err: ShardError) -> str:
+    """One log line for a shard that cannot serve a page: the file, and how to rebuild it."""
+    line = " ".join(str(err).split())
+    return line if "build_shards.py" in line else f"{line}; {REBUILD_HINT}"
+
+
+def readable_prefix(source: PageSource, indices: Sequence[int],
+                    ) -> tuple[list[str], ShardError | None]:
+    """Texts of ``indices`` in order, up to the first page a damaged shard cannot serve.
+
+    ``(texts, None)`` when every page reads. Otherwise the texts before the first unreadable
+    page and its :class:`ShardError`: the batches of that prefix are the first batches of the
+    full epoch's stream (the trailing partial one dropped), so work on them still verifies.
+    """
+    try:
+        return source.pages(indices), None
+    except ShardError as err:
+        log.debug("batched page read failed (%s); reading page by page", err)
+    texts: list[str] = []  # some row group is bad: find the first page it takes out
+    for index in indices:
+        try:
+            texts.append(source.page(index))
+        except ShardError as err:
+            return texts, err
+    return texts, None  # a transient failure of the batched read: every page read now
+
+
+def training_pages(source: PageSource, indices: Sequence[int], *, epoch: int) -> list[str]:
+    """:func:`readable_prefix` for a miner's epoch: a damaged shard is logged as one line
+    (the file and the rebuild command) and the epoch trains the pages before it."""
+    texts, damaged = readable_prefix(source, indices)
+    if damaged is not None:
+        log.error("epoch %d: training only the first %d of %d pages: %s", epoch, len(texts),
+                  len(indices), shard_problem(damaged))
+    return texts
+
+
 def shard_files(directory: str | os.PathLike[str]) -> list[str]:
     """The ``*.parquet`` files of ``directory``, sorted by name (the page order)."""
     folder = Path(directory).expanduser()
@@ -276,17 +315,27 @@ def _fineweb_root(repo_id: str, config: str, revision: str) -> str:
     return f"datasets/{repo_id}@{revision}/sample/{config.removeprefix('sample-')}"
 
 
+def is_pinned(revision: str) -> bool:
+    """Is ``revision`` a full commit hash (which never moves), not a branch or tag?"""
+    return bool(_COMMIT_RE.match(revision))
+
+
 def fineweb_source(*, repo_id: str = FINEWEB_REPO, config: str = FINEWEB_CONFIG,
-                   revision: str = "main", max_files: int | None = None,
+                   revision: str = FINEWEB_REVISION, max_files: int | None = None,
                    index_cache_dir: str | os.PathLike[str] | None = None,
                    fs: Any = None, root: str | None = None) -> ParquetPageSource:
     """FineWeb pages read with row-group random access over ``HfFileSystem``.
 
-    Page indices follow the sorted file list of ``config`` at ``revision``: pin ``revision`` to
-    a commit so every peer indexes the same files. ``max_files`` limits the page universe to the
-    first files (bounded download). Footers (row counts) are read once and cached as JSON in
-    ``index_cache_dir``. ``fs``/``root`` replace the Hub with another fsspec filesystem (tests).
+    Page indices follow the sorted file list of ``config`` at ``revision`` (``--data.revision``):
+    pin it to a commit so every peer indexes the same files; a branch or tag (``main``) is
+    used with a warning. ``max_files`` limits the page universe to the first files (bounded
+    download). Footers (row counts) are read once and cached as JSON in ``index_cache_dir``.
+    ``fs``/``root`` replace the Hub with another fsspec filesystem (tests).
     """
+    if not is_pinned(revision):
+        log.warning("--data.revision %s is a branch or tag, not a commit: it moves when the "
+                    "dataset is updated, and peers that opened it at different times may "
+                    "disagree on page i; pin a commit hash (docs/production.md)", revision)
     if fs is None:
         from huggingface_hub import HfFileSystem
 
@@ -331,5 +380,5 @@ def build_page_source(cfg: DataConfig) -> ParquetPageSource:
     if cfg.source == "local":
         return local_source(cfg.dir)
     if cfg.source == "fineweb":
-        return fineweb_source(index_cache_dir=cfg.dir)
+        return fineweb_source(revision=cfg.revision, index_cache_dir=cfg.dir)
     raise ShardError(f"unknown --data.source {cfg.source!r}; use local or fineweb")

@@ -12,6 +12,10 @@ in a zero-score :class:`~template.validator.verify.TrainVerdict` (nothing raises
 2. the claim against the uid's assignment (:func:`template.validator.verify.check_claim`);
 3. recomputation of randomly chosen batches (:func:`template.validator.verify.verify_train`).
 
+A claim the validator cannot check because its own shard is damaged (``ShardError``) gets a
+``not_verifiable`` verdict, logged as one line naming the file and the rebuild command; the
+validator records nothing for it (see ``Validator.verify``), so the miner is not blamed.
+
 Verification runs in one worker thread (it is compute: forward/backward of the checked batches)
 so the event loop that owns the Dendrite stays responsive.
 """
@@ -29,7 +33,7 @@ import bittensor as bt
 import torch
 
 from template.chain.base import Metagraph
-from template.data import assign_pages
+from template.data import ShardError, assign_pages, shard_problem
 from template.protocol import (
     MAX_BATCHES,
     MAX_NONCE,
@@ -126,8 +130,13 @@ def judge_train_response(uid: int, reply: Train, *, ctx: TrainContext, nonce: in
     if list(claim.pages) != pages:  # checked again in verify; skip reading texts for it
         return rejected_verdict(uid, Rejection(Reason.INCONSISTENT,
                                                "pages differ from the uid's assignment"))
+    try:
+        texts = ctx.source.pages(pages)
+    except ShardError as err:  # the validator's shard is damaged: the miner is not to blame
+        logger.error("cannot verify uid %d: %s", uid, shard_problem(err))
+        return rejected_verdict(uid, Rejection(Reason.NOT_VERIFIABLE, str(err)[:200]))
     return verify_train(
-        claim, uid=uid, epoch=ctx.epoch, expected_pages=pages, texts=ctx.source.pages(pages),
+        claim, uid=uid, epoch=ctx.epoch, expected_pages=pages, texts=texts,
         tokenizer=ctx.tokenizer, model=ctx.model, seed=ctx.sketch_seed, seq_len=ctx.seq_len,
         batch_size=ctx.batch_size, rng=rng, thresholds=ctx.thresholds,
         reference_fingerprint=ctx.reference_fingerprint,
@@ -167,6 +176,6 @@ async def train_round(*, dendrite: bt.Dendrite, graph: Metagraph, uids: Sequence
             logger.info("Train uid %d: gradient %.2f, verified %.0f/%d samples (%.2f s)", uid,
                         verdict.gradient, verdict.verified_samples, verdict.claimed_samples,
                         verdict.seconds)
-        else:
+        elif verdict.verifiable:  # a not-verifiable one was logged where it was found
             logger.info("Train uid %d rejected: %s", uid, verdict.rejection)
     return verdicts

@@ -258,6 +258,8 @@ class Validator:
                                      ctx=self._context(record.epoch), rng=self.rng,
                                      timeout=self.cfg.validator.query_timeout)
         for uid, verdict in verdicts.items():
+            if not verdict.verifiable:
+                continue  # our own data is damaged (logged): no score either way
             record.add_train(uid, gradient=verdict.gradient,
                              verified_samples=verdict.verified_samples)
             key = (record.epoch, uid)

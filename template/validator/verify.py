@@ -116,6 +116,12 @@ class TrainVerdict:
     def ok(self) -> bool:
         return self.rejection is None
 
+    @property
+    def verifiable(self) -> bool:
+        """False when the validator could not check the claim with its own data (a damaged
+        shard): such a verdict says nothing about the miner and is not recorded."""
+        return self.rejection is None or self.rejection.reason is not Reason.NOT_VERIFIABLE
+
     def summary(self) -> dict[str, Any]:
         """JSON-able digest (persisted with the validator state, logged)."""
         return {
