@@ -73,13 +73,16 @@ class SwarmState:
     """Valid records whose signing key no registered hotkey bound (not counted anywhere)."""
     implausible: int = 0
     """Bound records claiming an epoch beyond ``Admission.max_epoch`` (ignored)."""
+    implausible_peers: list[PeerProgress] = field(default_factory=list)
+    """Those ``implausible`` records, for inspectors (counted nowhere)."""
 
     def to_json(self) -> dict[str, object]:
-        """The inspector's ``--json`` object (``rejected`` left out: readers rarely see any;
-        ``unbound`` and ``implausible`` too: the inspector reads without an admission yet)."""
+        """The inspector's ``--json`` object: the counted swarm, then what was not counted,
+        ``unbound`` and ``implausible`` rows (``rejected`` left out: readers rarely see any)."""
         out = dataclasses.asdict(self)
-        for key in ("rejected", "unbound", "implausible"):
+        for key in ("rejected", "implausible", "implausible_peers"):
             out.pop(key)
+        out["implausible"] = [dataclasses.asdict(p) for p in self.implausible_peers]
         return out
 
 
@@ -161,7 +164,8 @@ def read_swarm_state(dht: hivemind.DHT, *, run_id: str, target_batch_size: int,
     now = get_dht_time()
     peers: list[PeerProgress] = []
     unbound: list[PeerProgress] = []
-    rejected = implausible = 0
+    implausible: list[PeerProgress] = []
+    rejected = 0
     entries = found.value if isinstance(found, ValueWithExpiration) else None
     if isinstance(entries, dict):
         for subkey, item in entries.items():
@@ -179,7 +183,7 @@ def read_swarm_state(dht: hivemind.DHT, *, run_id: str, target_batch_size: int,
             elif not isinstance(subkey, bytes) or not admission.admits(subkey, record):
                 unbound.append(peer)
             elif admission.max_epoch is not None and record.epoch > admission.max_epoch:
-                implausible += 1
+                implausible.append(peer)
                 logger.debug("ignoring %s's claim of epoch %d (bound %d)", record.hotkey,
                              record.epoch, admission.max_epoch)
             else:
@@ -188,10 +192,11 @@ def read_swarm_state(dht: hivemind.DHT, *, run_id: str, target_batch_size: int,
                              else dataclasses.replace(peer, samples=cap))
     peers.sort(key=lambda p: (-p.epoch, p.peer_id))
     unbound.sort(key=lambda p: (-p.epoch, p.peer_id))
+    implausible.sort(key=lambda p: (-p.epoch, p.peer_id))
     global_epoch = max((p.epoch for p in peers), default=0)
     samples = sum(p.samples for p in peers if p.epoch == global_epoch)
     return SwarmState(global_epoch, target_batch_size, samples, peers, rejected, unbound,
-                      implausible)
+                      len(implausible), implausible)
 
 
 def _to_peer(record: PeerProgressRecord, now: float) -> PeerProgress:

@@ -177,9 +177,10 @@ class NeuronConfig:
 
 POISONS = ("flip", "flip-recommit", "noise", "partial", "null-space", "weight")
 ADVERSARIES = ("lazy", "random-gradient", "copycat", "no-show", "slow-link", "poisoner",
-               *(f"poisoner-{p}" for p in POISONS))
+               *(f"poisoner-{p}" for p in POISONS), "forger", "forger-unsigned")
 
 
+FORGERIES = ("noise", "scale", "stale")
 @dataclass(frozen=True)
 class ModelConfig:
     preset: str = "tiny"
@@ -584,3 +585,48 @@ def parse_config(argv: Sequence[str] | None = None, *, description: str = "") ->
     except ConfigError as err:
         parser.error(str(err))
         raise  # unreachable: parser.error exits
+
+
+def add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str]) -> None:
+    """Add to a script's own ``parser`` the flags of only ``sections`` of the tree (names of
+    :class:`Config` fields: ``"netuid"``, ``"subtensor"``, ...), same names, types, defaults
+    and help as the neurons'; build the config with :func:`config_from_sections`."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(sections) - names
+    assert not unknown, f"not config sections: {sorted(unknown)}"
+    for top in dataclasses.fields(Config):
+        if top.name not in sections:
+            continue
+        hint = _field_type(Config, top.name)
+        if not dataclasses.is_dataclass(hint):
+            _add_flag(parser, f"--{top.name}", hint, top.default, _docs(Config).get(top.name, ""))
+            continue
+        section = typing.cast(type, hint)
+        group = parser.add_argument_group(top.name)
+        docs = _docs(section)
+        for f in dataclasses.fields(section):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            _add_flag(group, f"--{top.name}.{f.name}", _field_type(section, f.name),  # type: ignore[arg-type]
+                      default, docs.get(f.name, ""))
+
+
+def config_from_sections(ns: argparse.Namespace, sections: Sequence[str]) -> Config:
+    """The frozen config whose ``sections`` come from ``ns`` (a parser given
+    :func:`add_config_flags`) and every other section keeps its defaults; raises
+    :class:`ConfigError` naming the flag, as :func:`config_from_namespace` does."""
+    values = vars(ns)
+    kwargs: dict[str, object] = {}
+    for top in dataclasses.fields(Config):
+        if top.name not in sections:
+            continue
+        hint = _field_type(Config, top.name)
+        if not dataclasses.is_dataclass(hint):
+            kwargs[top.name] = values[top.name]
+            continue
+        section = typing.cast(type, hint)
+        sub = {}
+        for f in dataclasses.fields(section):
+            value = values[f"{top.name}.{f.name}"]
+            sub[f.name] = tuple(value) if isinstance(value, list) else value
+        kwargs[top.name] = section(**sub)
+    return Config(**kwargs)  # type: ignore[arg-type]

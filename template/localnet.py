@@ -218,7 +218,9 @@ def inspector_command(workdir: Path, *, run_id: str = RUN_ID, target_batch_size:
     """The `scripts/inspect_dht.py` command line that watches the swarm started in `workdir`."""
     return (f"{sys.executable} {REPO / 'scripts' / 'inspect_dht.py'} "
             f"--initial_peers $(cat {workdir / 'initial_peers.txt'}) "
-            f"--run_id {run_id} --target_batch_size {target_batch_size}")
+            f"--run_id {run_id} --target_batch_size {target_batch_size} "
+            f"--netuid 1 --localchain.path {workdir / 'chain.sqlite'} "
+            f"--store.dir {workdir / 'checkpoints'}")
 
 
 def write_swarm_files(workdir: Path, peers: list[str], *, run_id: str = RUN_ID,

@@ -31,11 +31,17 @@ __all__ = [
 ]
 
 
-def build_chain(cfg: Config) -> Chain:
-    """The chain named by ``--subtensor.network`` for ``--netuid``."""
+def build_chain(cfg: Config, *, reader: bool = False) -> Chain:
+    """The chain named by ``--subtensor.network`` for ``--netuid``.
+
+    ``reader``: a process that only reads (the DHT inspector) opens the devnet file with the
+    settings it was created with and refuses a missing file (:meth:`LocalChain.open_existing`).
+    """
     if cfg.subtensor.is_local_devnet:
         from template.chain.local import LocalChain
 
+        if reader:
+            return LocalChain.open_existing(cfg.localchain.path, netuid=cfg.netuid)
         return LocalChain(cfg.localchain.path, netuid=cfg.netuid,
                           block_time=cfg.localchain.block_time,
                           weights_rate_limit=cfg.localchain.weights_rate_limit)

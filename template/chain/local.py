@@ -115,6 +115,26 @@ class LocalChain(Chain):
                 raise ChainError(f"{flag}: {self.path} was created with {stored}, not {mine}; "
                                  "use the same value in every process or a new file")
 
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike[str], *, netuid: int = 1) -> LocalChain:
+        """The devnet chain in ``path`` with the settings it was created with, for readers
+        (the DHT inspector) that cannot know the launcher's ``--localchain.*`` values.
+
+        Raises :class:`ChainError` naming ``--localchain.path`` when there is no chain there
+        (opening a fresh file would show an empty subnet instead of the swarm's).
+        """
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ChainError(f"--localchain.path: no devnet chain at {file} (a local swarm's "
+                             "is WORKDIR/chain.sqlite)")
+        try:
+            with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as db:
+                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            block_time, rate_limit = float(meta["block_time"]), int(meta["weights_rate_limit"])
+        except (sqlite3.Error, KeyError, ValueError) as err:
+            raise ChainError(f"--localchain.path: {file} is not a devnet chain ({err})") from err
+        return cls(file, netuid=netuid, block_time=block_time, weights_rate_limit=rate_limit)
+
     # ------------------------------------------------------------ connections
 
     def _conn(self) -> sqlite3.Connection:
