@@ -95,7 +95,9 @@ class Admission:
     max_epoch: int | None = None
     """Highest believable epoch: the last canonical checkpoint's + 1 (None: no bound)."""
     max_samples: int | None = None
-    """Cap on one peer's samples (None: no cap)."""
+    """Cap on one peer's samples (None: no cap). Neurons pass the target batch size: the
+    config bounds no tighter, since a page is a whole document of any length (docs/swarm.md,
+    "Capped samples")."""
 
     def admits(self, subkey: bytes, record: PeerProgressRecord) -> bool:
         return self.keys.get(record_key_id(subkey)) == record.hotkey
