@@ -151,6 +151,22 @@ def epoch_tags(store: CheckpointStore, epoch: int) -> list[str]:
     return primary + store.candidates(epoch)
 
 
+def signed_checkpoints(store: CheckpointStore, epoch: int, *, run_id: str,
+                       peers: Mapping[str, str]) -> list[Attested]:
+    """Every checkpoint of ``epoch`` (in :func:`epoch_tags` order) signed by a bound pusher,
+    whatever its weights: the validator holds them against the round's reports."""
+    found = []
+    for tag in epoch_tags(store, epoch):
+        try:
+            found.append(attest(store.pull(epoch, tag=tag), run_id=run_id, tag=tag,
+                                peers=peers))
+        except (StoreAuthError, StoreUnavailableError):
+            raise
+        except CheckpointError as err:
+            logger.warning("checkpoint %s not taken: %s", tag, err)
+    return found
+
+
 def resolve(store: CheckpointStore, epoch: int, *, run_id: str, peers: Mapping[str, str],
             agrees: Callable[[list[float]], bool] | None = None,
             on_reject: Callable[[PushRejected], None] | None = None) -> Attested:

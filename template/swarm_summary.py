@@ -12,10 +12,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from template.attestation import PushRejected, hotkey_peers, resolve, within
 from template.chain.local import LocalChain
-from template.checkpoints import CheckpointError, LocalStore, tag_for
+from template.checkpoints import CheckpointError, LocalStore
 from template.consensus import consensus_tolerance
-from template.localnet import epoch_rows
+from template.localnet import RUN_ID, epoch_rows
+from template.validator.allreduce_round import median_fingerprint
 
 
 def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], miners: list[str],
@@ -23,6 +25,8 @@ def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], min
                   compression: str = "none") -> dict[str, Any]:
     """The `--summary` JSON object (see docs/local-devnet.md for every key)."""
     store = LocalStore(workdir / "checkpoints")
+    signers = hotkey_peers(chain)
+    tolerance = consensus_tolerance(compression)
     bindings = chain.peer_bindings()
     uid_of_peer = {peer: uid for uid, peer in bindings.items()}
     lines = {name: epoch_rows(workdir / "miners" / name)
@@ -33,19 +37,22 @@ def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], min
         rows = {uids[name]: row for name, rows in lines.items() for row in rows
                 if row["epoch"] == epoch}
         honest = [rows[uids[m]] for m in miners if uids[m] in rows]
-        peers = {p for row in rows.values() for p in row["participants"]
-                 if p not in row.get("auxiliaries", [])}
-        participants = sorted(uid_of_peer[p] for p in peers if p in uid_of_peer)
+        members = {p for row in rows.values() for p in row["participants"]
+                   if p not in row.get("auxiliaries", [])}
+        participants = sorted(uid_of_peer[p] for p in members if p in uid_of_peer)
+        canonical = _canonical(store, epoch, peers=signers, tolerance=tolerance,
+                               reported=[r["fingerprint"] for r in rows.values()])
         out_epochs.append({
             "epoch": epoch,
             "loss": statistics.fmean(r["loss"] for r in honest) if honest else None,
             "fingerprints": {str(uid): row["fingerprint"] for uid, row in sorted(rows.items())},
-            "canonical_fingerprint": _canonical(store, epoch),
-            "fingerprint_tolerance": consensus_tolerance(compression),
+            "canonical_fingerprint": canonical["fingerprint"],
+            "fingerprint_tolerance": tolerance,
             "participants": participants,
             "failed": sorted(expected - set(participants)),
             "allreduce_seconds": max((r["allreduce_seconds"] for r in honest), default=None),
-            "checkpoint_tag": tag_for(epoch) if tag_for(epoch) in store.tags() else None,
+            "checkpoint_tag": canonical["tag"],
+            "rejected_checkpoints": canonical["rejected"],
         })
     validator = _validator_state(workdir)
     history = validator.get("history", {})
@@ -64,11 +71,21 @@ def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], min
     }
 
 
-def _canonical(store: LocalStore, epoch: int) -> list[float] | None:
+def _canonical(store: LocalStore, epoch: int, *, peers: dict[str, str], tolerance: float,
+               reported: list[list[float]]) -> dict[str, Any]:
+    """The epoch's canonical checkpoint as a validator picks it: signed by a bound pusher and in
+    line with the median of what the miners reported; the tags passed over, with why."""
+    rejected: dict[str, str] = {}
+
+    def note(err: PushRejected) -> None:
+        rejected[err.tag] = err.reason
+
+    agrees = within(median_fingerprint(reported), tolerance) if reported else None
     try:
-        return list(store.pull(epoch).manifest["fingerprint"])
+        found = resolve(store, epoch, run_id=RUN_ID, peers=peers, agrees=agrees, on_reject=note)
     except CheckpointError:
-        return None
+        return {"fingerprint": None, "tag": None, "rejected": rejected}
+    return {"fingerprint": found.fingerprint, "tag": found.tag, "rejected": rejected}
 
 
 def _latest_weights(chain: LocalChain) -> dict[int, float]:

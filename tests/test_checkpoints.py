@@ -584,15 +584,22 @@ def test_hub_latest_epoch_skips_bad_tags_and_pull_checks_fingerprint(hub, tmp_pa
     assert store.pull(1).manifest["fingerprint"] == good["fingerprint"]
 
 
+def _reference(store, peers):
+    from template.config import ModelConfig
+    from template.validator.reference import ReferenceModel
+
+    return ReferenceModel(model_cfg=ModelConfig(preset="tiny"), seed=0, store=store,
+                          run_id="run", peers=lambda: peers, tolerance=1e-4)
+
+
 def test_reference_model_uses_the_fingerprint_of_its_loaded_weights(tmp_path):
     from template.config import ModelConfig
     from template.model import build_model
-    from template.validator.reference import ReferenceModel
 
     store = LocalStore(tmp_path)
     source = build_model(ModelConfig(preset="tiny"), seed=7)
     store.push(1, source, None, {})
-    reference = ReferenceModel(model_cfg=ModelConfig(preset="tiny"), seed=0, store=store)
+    reference = _reference(store, {})
     checkpoint = store.pull(1)
     # A manifest fingerprint within the pull tolerance, but not the weights' exact numbers.
     checkpoint.manifest["fingerprint"] = [x * (1 + 1e-7) for x in checkpoint.manifest[
@@ -601,6 +608,38 @@ def test_reference_model_uses_the_fingerprint_of_its_loaded_weights(tmp_path):
     assert reference.epoch == 1
     assert list(reference.fingerprint) == fingerprint(reference.model)
     assert list(reference.fingerprint) != checkpoint.manifest["fingerprint"]
+
+
+def test_reference_model_passes_over_unsigned_and_forged_checkpoints(tmp_path):
+    from template.attestation import sign_push
+    from template.chain.wallets import create_wallet
+    from template.config import ModelConfig
+    from template.model import build_model
+
+    store = LocalStore(tmp_path / "store")
+    hotkeys = {n: create_wallet(tmp_path / "wallets", n).hotkey for n in ("forger", "honest")}
+    peers = {hotkeys["forger"].ss58_address: "QmForger", hotkeys["honest"].ss58_address: "QmHonest"}
+
+    def push(model, who, candidate=False):
+        store.push(2, model, None, sign_push(hotkeys[who], run_id="run", epoch=2,
+                                             parameter_hash=parameter_hash(model),
+                                             pusher=f"Qm{who.title()}"), candidate=candidate)
+
+    reference = _reference(store, peers)
+    forged, honest = (build_model(ModelConfig(preset="tiny"), seed=s) for s in (8, 9))
+    store.push(2, forged, None, {"pusher": "QmHonest"})  # unsigned: never read
+    assert not reference.ensure(2)
+    push(honest, "honest", candidate=True)
+    assert reference.ensure(2) and reference.fingerprint == tuple(fingerprint(honest))
+
+    store2 = LocalStore(tmp_path / "store2")  # a signed forgery holds the tag this time
+    store, reference = store2, _reference(store2, peers)
+    push(forged, "forger")
+    push(honest, "honest", candidate=True)
+    reference.expect(2, fingerprint(honest))  # what the round's members reported
+    assert reference.ensure(2) and reference.fingerprint == tuple(fingerprint(honest))
+    unexpected = _reference(store2, peers)  # (a restarted validator knows no round: first signed)
+    assert unexpected.ensure(2) and unexpected.fingerprint == tuple(fingerprint(forged))
 
 
 # ------------------------------------------------------------------ candidates

@@ -109,6 +109,31 @@ def test_miners_that_put_something_else_into_the_all_reduce_are_not_paid(tmp_pat
         assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
 
 
+def test_a_checkpoint_forger_wins_the_tag_but_not_the_epoch_or_the_pay(tmp_path):
+    """Before every round the forger pushes other weights as epoch-(e+1), signed with its own
+    hotkey (noise, rescaled or un-stepped weights, drawn at random each epoch), so it always
+    wins the race for the tag. The round's pusher stores the round's weights as a candidate;
+    the validator measures against that one, gates the signer of the forgery, and verifies the
+    next epoch's Train answers at the honest weights: honest miners are paid every round."""
+    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "3",
+                       "--cheaters", "forger")
+    assert summary["ok"]
+    cheaters, honest = set(summary["cheaters"]), honest_uids(summary)
+    weights = {u: summary["weights"].get(u, 0.0) for u in [*cheaters, *honest]}
+    assert max(weights[u] for u in cheaters) < min(weights[u] for u in honest), weights
+    losses = [e["loss"] for e in summary["epochs"]]
+    assert losses == sorted(losses, reverse=True), losses
+    for entry in summary["epochs"]:
+        tag = f"epoch-{entry['epoch']}"
+        assert tag in entry["rejected_checkpoints"], entry  # the forgery held the tag
+        assert entry["checkpoint_tag"].startswith(f"{tag}-"), entry  # the round's candidate
+        for uid in honest:
+            assert fingerprint_distance(entry["fingerprints"][uid], entry[
+                "canonical_fingerprint"]) < entry["fingerprint_tolerance"]
+        assert all(entry["round_scores"].get(u, 0) == 0 for u in cheaters), entry["round_scores"]
+        assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
+
+
 def test_two_validators_judge_the_same_rounds_and_both_pay_every_honest_miner(tmp_path):
     """Each validator sends its own AllReduce per epoch; miners run ONE round per epoch and
     answer both with its report, so neither validator fails an honest miner."""

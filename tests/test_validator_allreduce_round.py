@@ -22,7 +22,7 @@ from hivemind_utils.swarm_state import PeerProgress, SwarmState
 from template.chain.local import LocalChain
 from template.chain.wallets import create_wallet
 from template.config import AveragingConfig, DHTConfig
-from template.consensus import HONEST_SPREAD, checkpoint_pusher, consensus_tolerance
+from template.consensus import HONEST_SPREAD, consensus_tolerance
 from template.model import fingerprint
 from template.protocol import AllReduce, Reason
 from template.transport import MetagraphCache, build_axon, build_dendrite, free_port, start_axon
@@ -39,7 +39,8 @@ from template.validator.epoch import EpochRecord, epoch_scores
 P = ["QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
      "QmQ7TnVMMwpLuoyGMqNg8o3sKMKZt8DmTB1Eo3BtNE4W7Z",
      "QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
-     "QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb"]
+     "QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+     "QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt"]
 TOL = 1e-4
 
 
@@ -75,12 +76,16 @@ def test_reference_is_the_canonical_unless_the_majority_disagrees():
     good = [1.0, 2.0, 3.0]
     near = [1.0, 2.0, 3.0 + 1e-6]
     bad = [1.5, 2.0, 3.0]
-    assert choose_reference(good, {0: near, 1: near, 2: bad}, tolerance=TOL)[1] == "canonical"
-    ref, kind = choose_reference(bad, {0: near, 1: near, 2: good}, tolerance=TOL)
-    assert kind == "median" and abs(ref[2] - 3.0) < 1e-5
-    assert choose_reference(bad, {0: good, 1: good}, tolerance=TOL)[1] == "canonical"  # no quorum
-    assert choose_reference(None, {0: good, 1: good}, tolerance=TOL) == (None, "none")
-    assert choose_reference(None, {0: good, 1: good, 2: near}, tolerance=TOL)[1] == "median"
+    assert choose_reference([good], {0: near, 1: near, 2: bad}, tolerance=TOL)[1:] == (
+        "canonical", 0)
+    ref, kind, index = choose_reference([bad], {0: near, 1: near, 2: good}, tolerance=TOL)
+    assert kind == "median" and abs(ref[2] - 3.0) < 1e-5 and index is None
+    # a forged epoch-N first, the honest candidate second: the candidate is the reference
+    assert choose_reference([bad, good], {0: near, 1: near, 2: good}, tolerance=TOL) == (
+        good, "canonical", 1)
+    assert choose_reference([bad], {0: good, 1: good}, tolerance=TOL)[1] == "canonical"  # no quorum
+    assert choose_reference([], {0: good, 1: good}, tolerance=TOL) == (None, "none", None)
+    assert choose_reference([], {0: good, 1: good, 2: near}, tolerance=TOL)[1] == "median"
 
 
 def test_tolerance_clears_the_measured_honest_spread_with_margin():
@@ -98,20 +103,24 @@ def _reply(uid, *, rid="r1", fp=(1.0, 2.0, 3.0), success=True, peer=None):
     return syn
 
 
-def test_a_canonical_out_of_line_with_the_majority_gates_the_member_who_pushed_it():
+def test_a_signed_push_out_of_line_with_the_majority_gates_its_signer_only():
     aux = AveragingResult(ok=True, participants=(P[0], P[1], P[2], P[3]), auxiliaries=(P[3],))
     replies = {u: _reply(u, rid="r1") for u in (0, 1, 2)}
-    bindings = {0: P[0], 1: P[1], 2: P[2]}
-    first = checkpoint_pusher("run", 6, [P[0], P[1], P[2]])
-    fallback = next(p for p in (P[0], P[1], P[2]) if p != first)
-    kwargs = dict(epoch=5, round_id="r1", run_id="run", participants=[0, 1, 2], replies=replies,
-                  aux=aux, bindings=bindings, canonical=[9.0, 9.0, 9.0], tolerance=TOL)
-    uid_of = {p: u for u, p in bindings.items()}
-    for named, blamed in ((None, first), (fallback, fallback), ("QmNotInTheGroup", first)):
-        out = judge_round(**kwargs, pusher=named)
-        assert out.reference == "median"
-        assert out.drift[uid_of[blamed]] > TOL
-        assert all(d == 0.0 for u, d in out.drift.items() if u != uid_of[blamed]), out.drift
+    bindings = {0: P[0], 1: P[1], 2: P[2], 7: P[4]}
+    honest = Canonical([1.0, 2.0, 3.0], signer=P[1], tag="epoch-6-aaaaaaaaaaaa")
+    kwargs = dict(epoch=5, round_id="r1", participants=[0, 1, 2], replies=replies, aux=aux,
+                  bindings=bindings, tolerance=TOL)
+    for signer, blamed in ((P[0], 0), (P[4], 7), (None, None), ("QmNotBoundToAnyUid", None)):
+        forged = Canonical([9.0, 9.0, 9.0], signer=signer, tag="epoch-6")
+        out = judge_round(**kwargs, canonicals=[forged])
+        assert out.reference == "median" and out.canonical_tag is None
+        assert out.reference_fingerprint == (1.0, 2.0, 3.0)
+        assert all(d == 0.0 for u, d in out.drift.items() if u != blamed), out.drift
+        if blamed is not None:
+            assert out.drift[blamed] > TOL  # a non-participant that forged is gated too
+        out = judge_round(**kwargs, canonicals=[forged, honest])
+        assert out.reference == "canonical" and out.canonical_tag == honest.tag
+        assert blamed is None or out.drift[blamed] > TOL
 
 
 def test_judge_maps_observations_through_the_chain_binding_only():
@@ -122,9 +131,9 @@ def test_judge_maps_observations_through_the_chain_binding_only():
                           banned_senders=(P[2],))
     replies = {0: _reply(0), 1: _reply(1, fp=(1.0, 2.0, 3.5)), 2: _reply(2, peer=P[0]),
                4: _reply(4, rid="other", peer=P[3])}
-    out = judge_round(epoch=5, round_id="r1", run_id="run", participants=[0, 1, 2, 4, 5],
+    out = judge_round(epoch=5, round_id="r1", participants=[0, 1, 2, 4, 5],
                       replies=replies, aux=aux, bindings={0: P[0], 1: P[1], 2: P[2], 4: P[3]},
-                      canonical=[1.0, 2.0, 3.0], tolerance=TOL)
+                      canonicals=[Canonical([1.0, 2.0, 3.0])], tolerance=TOL)
     assert out.completed == (0, 1) and out.reference == "canonical" and out.observed
     assert out.drift[0] == 0.0 and out.drift[1] > TOL
     assert out.failures[2].reason is Reason.UNVERIFIED          # claimed someone else's PeerID
@@ -221,7 +230,7 @@ def test_a_real_round_pays_honest_peers_and_gates_the_liar(swarm):
     miners = [uids[n] for n in ("honest-a", "honest-b", "liar", "no-show")]
 
     async def canonical():
-        return Canonical(swarm["canonical"])
+        return [Canonical(swarm["canonical"])]
 
     async def go():
         dendrite = build_dendrite(swarm["wallets"]["validator"])
@@ -231,7 +240,7 @@ def test_a_real_round_pays_honest_peers_and_gates_the_liar(swarm):
                 bindings=swarm["bindings"],
                 average=functools.partial(swarm["aux"].average, weight=0,
                                           timeout=FAST.matchmaking_time * 3),
-                canonical=canonical, epoch=0, round_id="e0", run_id="vround", cfg=FAST,
+                canonical=canonical, epoch=0, round_id="e0", cfg=FAST,
                 learning_rate=1e-3, tolerance=TOL, retries=1)
         finally:
             await dendrite.aclose_session()

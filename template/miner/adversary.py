@@ -11,15 +11,21 @@ attacker would, so a local swarm shows what the validator catches:
 * `poisoner`: trains and answers Train honestly, but puts something else into the all-reduce;
   each epoch it draws one of :data:`POISONS` with random strength (`poisoner-<name>` fixes
   the variant; the strength still varies).
+* `forger`: trains, answers and averages honestly, but before each round pushes other weights
+  as the next epoch's checkpoint, signed with its own hotkey, so it always wins the race for
+  the tag; each epoch it draws one of :data:`FORGERIES` (noise, rescaled or un-stepped
+  weights) with random strength. `forger-unsigned` pushes them unsigned, naming an honest
+  member as pusher.
 
-They plug into the miner through four hooks (`fake_epoch`, `joins_rounds`, `answer_train`,
-`contribute`) and one averager option (`compression`), so the honest code path has no
-adversarial branches.
+They plug into the miner through five hooks (`fake_epoch`, `joins_rounds`, `answer_train`,
+`contribute`, `before_round`) and one averager option (`compression`), so the honest code
+path has no adversarial branches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import math
@@ -31,9 +37,12 @@ from typing import TYPE_CHECKING
 import torch
 from hivemind.compression import NoCompression
 
-from template.config import POISONS
+from template.attestation import sign_push
+from template.checkpoints import CheckpointError
+from template.config import FORGERIES, POISONS
 from template.contribution import Commitment, block_ranges, commit
 from template.data import VOCAB_SIZE
+from template.model import parameter_hash
 from template.projection import BASES, CHUNK, chunk_signs
 from template.proof import SKETCH_DIMS
 from template.protocol import MAX_BATCHES, Train
@@ -68,6 +77,9 @@ class Adversary:
         """Change what goes into the round (``buffers``, in place) and return the commitment
         to gather; honest: nothing changes."""
         return commitment
+
+    def before_round(self, miner: Miner, epoch: int) -> None:
+        """Called once the round of ``epoch`` was requested, before averaging; honest: no-op."""
 
 
 class Lazy(Adversary):
@@ -278,8 +290,46 @@ class Poisoner(Adversary):
         return commitment
 
 
+class Forger(Adversary):
+    """Honest work; a forged checkpoint of the next epoch pushed before every round."""
+
+    kind = "forger"
+
+    def __init__(self, *, signed: bool = True):
+        self.signed = signed
+        self.rng = random.Random()
+        self.last: tuple[str, float] | None = None
+
+    def before_round(self, miner: Miner, epoch: int) -> None:
+        variant = self.rng.choice(FORGERIES)
+        strength = 0.0 if variant == "stale" else self.rng.uniform(0.01, 0.3)
+        forged = copy.deepcopy(miner.model)
+        with torch.no_grad():
+            for param in forged.parameters():
+                if variant == "noise":
+                    param.add_(torch.randn_like(param) * strength * float(param.std() + 1e-3))
+                elif variant == "scale":
+                    param.mul_(1.0 + strength)
+        members = [p for p in miner.swarm_state().peers if p.peer_id != miner.peer_id]
+        meta: dict[str, object] = {"run_id": miner.cfg.neuron.run_id, "forged": True}
+        if self.signed:
+            meta.update(sign_push(miner.wallet.hotkey, run_id=miner.cfg.neuron.run_id,
+                                  epoch=epoch + 1, parameter_hash=parameter_hash(forged),
+                                  pusher=miner.peer_id))
+        elif members:
+            meta["pusher"] = members[0].peer_id  # blames an honest member, if anyone listened
+        try:
+            tag = miner.store.push(epoch + 1, forged, miner.tokenizer, meta)
+        except CheckpointError as err:
+            logger.warning("RED-TEAM: forged push for epoch %d failed: %s", epoch + 1, err)
+            return
+        self.last = (variant, strength)
+        logger.warning("RED-TEAM: pushed forged %s (%s, strength %.2f, %s)", tag, variant,
+                       strength, "signed" if self.signed else "unsigned")
+
+
 KINDS: dict[str, type[Adversary]] = {
-    cls.kind: cls for cls in (Lazy, RandomGradient, Copycat, NoShow, SlowLink, Poisoner)
+    cls.kind: cls for cls in (Lazy, RandomGradient, Copycat, NoShow, SlowLink, Poisoner, Forger)
 }
 
 
@@ -290,4 +340,6 @@ def make_adversary(kind: str) -> Adversary:
     logger.warning("RED-TEAM MODE: this miner cheats on purpose (--neuron.adversary %s)", kind)
     if kind.startswith("poisoner-"):
         return Poisoner(kind.removeprefix("poisoner-"))
+    if kind == "forger-unsigned":
+        return Forger(signed=False)
     return KINDS[kind]()

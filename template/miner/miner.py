@@ -181,6 +181,7 @@ class Miner:
         work = self.ledger.get(epoch)
         if work is None or work.samples == 0:
             return RoundReport(success=False, error=f"no samples trained in epoch {epoch}")
+        self.adversary.before_round(self, epoch)
         params = list(self.model.parameters())
         self.averager.load_gradients(params)
         commitment = self._commit(epoch, work)

@@ -37,7 +37,6 @@ import bittensor as bt
 from hivemind_utils.round_stats import AveragingResult
 from hivemind_utils.swarm_state import SwarmState, epoch_work_done
 from template.config import AveragingConfig
-from template.consensus import checkpoint_pusher
 from template.contribution import (
     Commitment,
     CommitmentError,
@@ -117,6 +116,9 @@ class AllReduceOutcome:
     """The validator's auxiliary peer finished the round in the miners' group."""
     reference: str = "none"
     """``canonical``, ``median`` (canonical missing or out of line with the majority), ``none``."""
+    reference_fingerprint: tuple[float, ...] = ()
+    canonical_tag: str | None = None
+    """The signed checkpoint of ``e+1`` that matched the reference (None: none did)."""
     attempts: int = 1
     aux_error: str | None = None
     contributions: dict[int, ContributionVerdict] = field(default_factory=dict)
@@ -134,12 +136,13 @@ class AllReduceOutcome:
 
 @dataclass(frozen=True)
 class Canonical:
-    """The epoch's canonical checkpoint, as far as judging needs it."""
+    """One checkpoint of epoch ``e+1`` whose push is signed by a chain-bound pusher
+    (:func:`template.attestation.attest`); the forged ones among them are found by judging."""
 
     fingerprint: list[float]
-    pusher: str | None = None
-    """PeerID its manifest names as pusher (a fallback member may push instead of the first-ranked
-    one); None or a non-member: the first-ranked member is held responsible."""
+    signer: str | None = None
+    """The PeerID bound to the hotkey that signed the push: who is blamed if it disagrees."""
+    tag: str = ""
 
 
 def median_fingerprint(reports: Sequence[Sequence[float]]) -> list[float]:
@@ -147,24 +150,27 @@ def median_fingerprint(reports: Sequence[Sequence[float]]) -> list[float]:
     return [statistics.median(column) for column in zip(*reports, strict=True)]
 
 
-def choose_reference(canonical: Sequence[float] | None, reports: Mapping[int, Sequence[float]],
-                     *, tolerance: float) -> tuple[list[float] | None, str]:
-    """The fingerprint completers are measured against, and where it came from.
+def choose_reference(candidates: Sequence[Sequence[float]],
+                     reports: Mapping[int, Sequence[float]], *,
+                     tolerance: float) -> tuple[list[float] | None, str, int | None]:
+    """The fingerprint completers are measured against, where it came from, and which of the
+    epoch's signed checkpoints (``candidates``, in store order) it is, if any.
 
-    The canonical checkpoint is pushed by ONE miner, so it is trusted only if it agrees with the
-    median of the reports when there are at least :data:`MIN_MAJORITY` of them; otherwise that
-    median is the reference. Without a canonical, the median serves only with a majority.
+    A checkpoint is pushed by ONE miner, so with at least :data:`MIN_MAJORITY` reports the
+    reference is the first candidate that agrees with their median, else the median itself.
+    Fewer reports: the first candidate; without one, no reference.
     """
     median = median_fingerprint(list(reports.values())) if reports else None
-    majority = median is not None and len(reports) >= MIN_MAJORITY
-    if canonical is not None:
-        if not majority or _distance(canonical, median) <= tolerance:
-            return list(canonical), "canonical"
-        logger.error("canonical checkpoint disagrees with the median of %d reports "
-                     "(distance %.3g > %g): using the median", len(reports),
-                     _distance(canonical, median), tolerance)
-        return median, "median"
-    return (median, "median") if majority else (None, "none")
+    if median is None or len(reports) < MIN_MAJORITY:
+        return (list(candidates[0]), "canonical", 0) if candidates else (None, "none", None)
+    for index, candidate in enumerate(candidates):
+        if _distance(candidate, median) <= tolerance:
+            return list(candidate), "canonical", index
+    if candidates:
+        logger.error("no signed checkpoint agrees with the median of %d reports (distances "
+                     "%s > %g): using the median", len(reports),
+                     [round(_distance(c, median), 6) for c in candidates], tolerance)
+    return median, "median", None
 
 
 def _distance(a: Sequence[float] | None, b: Sequence[float] | None) -> float:
@@ -225,11 +231,10 @@ def judge_contributions(aux: AveragingResult | None, bindings: Mapping[int, str]
     return out
 
 
-def judge_round(*, epoch: int, round_id: str, run_id: str, participants: Sequence[int],
+def judge_round(*, epoch: int, round_id: str, participants: Sequence[int],
                 replies: Mapping[int, AllReduce], aux: AveragingResult | None,
-                bindings: Mapping[int, str], canonical: Sequence[float] | None,
+                bindings: Mapping[int, str], canonicals: Sequence[Canonical] = (),
                 tolerance: float, fingerprint_dims: int | None = None,
-                pusher: str | None = None,
                 contributions: Mapping[int, ContributionVerdict] | None = None,
                 ) -> AllReduceOutcome:
     """Everything the round says about each participant (see the module docstring)."""
@@ -250,32 +255,36 @@ def judge_round(*, epoch: int, round_id: str, run_id: str, participants: Sequenc
             reports[uid] = list(reply.fingerprint)
         else:
             failures[uid] = rejection
-    reference, kind = choose_reference(canonical, reports, tolerance=tolerance)
+    reference, kind, index = choose_reference([c.fingerprint for c in canonicals], reports,
+                                              tolerance=tolerance)
     drift: dict[int, float | None] = {}
     if reference is not None:
         drift = {uid: _distance(fp, reference) for uid, fp in reports.items()}
-        if kind == "median" and canonical is not None:
-            _blame_pusher(drift, run_id=run_id, epoch=epoch, aux=aux, bindings=bindings,
-                          distance=_distance(canonical, reference), named=pusher)
+        _blame_signers(drift, canonicals, reference=reference, tolerance=tolerance,
+                       bindings=bindings)
     return AllReduceOutcome(
         epoch=epoch, round_id=round_id, participants=tuple(sorted(participants)),
         completed=tuple(sorted(reports)), failures=failures,
         transfers=observed_transfers(aux, bindings, participants),
         drift=drift, observed=in_group is not None, reference=kind,
+        reference_fingerprint=tuple(reference or ()),
+        canonical_tag=None if index is None else canonicals[index].tag,
         aux_error=None if aux is None else aux.error, contributions=dict(contributions or {}))
 
 
-def _blame_pusher(drift: dict[int, float | None], *, run_id: str, epoch: int,
-                  aux: AveragingResult | None, bindings: Mapping[int, str],
-                  distance: float, named: str | None = None) -> None:
-    """The miner that pushed a canonical checkpoint out of line with the majority is gated:
-    the member the manifest names, else the round's first-ranked pusher."""
-    if aux is None or not aux.ok:
-        return
-    miners = [p for p in aux.participants if p not in set(aux.auxiliaries)]
-    pusher = named if named in miners else checkpoint_pusher(run_id, epoch + 1, miners)
-    for uid, peer in bindings.items():
-        if peer == pusher:
+def _blame_signers(drift: dict[int, float | None], canonicals: Sequence[Canonical], *,
+                   reference: Sequence[float], tolerance: float,
+                   bindings: Mapping[int, str]) -> None:
+    """Whoever signed a push of weights out of line with the round is gated like a member that
+    stepped wrongly: its drift becomes the push's distance. Unsigned pushes never get here
+    (they cannot be attributed, and no reader takes them)."""
+    uid_of = {peer: uid for uid, peer in bindings.items()}
+    for canonical in canonicals:
+        distance = _distance(canonical.fingerprint, reference)
+        uid = uid_of.get(canonical.signer) if canonical.signer is not None else None
+        if distance > tolerance and uid is not None:
+            logger.error("uid %d signed %s, out of line with the round (distance %.3g)", uid,
+                         canonical.tag or "a checkpoint", distance)
             drift[uid] = max(drift.get(uid) or 0.0, distance)
 
 
@@ -334,10 +343,9 @@ async def allreduce_round(
     targets: Mapping[int, bt.AxonInfo],
     bindings: Mapping[int, str],
     average: Callable[[], AveragingResult],
-    canonical: Callable[[], Awaitable[Canonical | None]],
+    canonical: Callable[[], Awaitable[Sequence[Canonical]]],
     epoch: int,
     round_id: str,
-    run_id: str,
     cfg: AveragingConfig,
     learning_rate: float,
     tolerance: float,
@@ -350,7 +358,7 @@ async def allreduce_round(
 
     ``average`` runs the validator's auxiliary averaging (blocking; called in a thread),
     e.g. ``functools.partial(aux.average, weight=0, timeout=...)``. ``canonical`` waits (bounded)
-    for the fingerprint of checkpoint ``epoch-(e+1)``, None when it did not appear.
+    for the signed checkpoints of ``e+1`` (``epoch-(e+1)`` and its candidates), empty if none.
     ``retries``: extra attempts when nobody completed ("could not find a group", every miner
     timed out); raise ``--averaging.matchmaking_time`` if rounds keep failing that way.
     ``rules``: judge every member's contribution (:func:`judge_contributions`); None skips it.
@@ -369,12 +377,10 @@ async def allreduce_round(
             logger.warning("validator's auxiliary averaging failed in %s: %s", rid, aux.error)
         completed = any(r.success and r.epoch == epoch and r.round_id == rid
                         for r in replies.values())
-        found = await canonical() if completed else None
-        outcome = judge_round(epoch=epoch, round_id=rid, run_id=run_id,
+        found = await canonical() if completed else ()
+        outcome = judge_round(epoch=epoch, round_id=rid,
                               participants=sorted(targets), replies=replies, aux=aux,
-                              bindings=bindings, tolerance=tolerance,
-                              canonical=None if found is None else found.fingerprint,
-                              pusher=None if found is None else found.pusher,
+                              bindings=bindings, tolerance=tolerance, canonicals=found,
                               fingerprint_dims=fingerprint_dims,
                               contributions=None if rules is None else judge_contributions(
                                   aux, bindings, sorted(targets), replies, rules))

@@ -1,8 +1,11 @@
 """The validator's own copy of the model, kept at the epoch it verifies (``theta_e``).
 
-Epoch ``e``'s weights are the canonical checkpoint ``epoch-e`` in the store; epoch 0 may have
-no checkpoint, and then it is built from ``--neuron.seed`` (every peer builds the same
-``theta_0``). The reference never trains: it only recomputes the gradients of checked batches.
+Epoch ``e``'s weights are its canonical checkpoint: the first of ``epoch-e`` and its
+candidates that is signed by a chain-bound pusher and, once the validator judged the round that
+produced it, agrees with what that round's members reported (:mod:`template.attestation`); a
+forged ``epoch-e`` is passed over. Epoch 0 may have no checkpoint, and then it is built from
+``--neuron.seed`` (every peer builds the same ``theta_0``). The reference never trains: it only
+recomputes the gradients of checked batches.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from template.attestation import Attested, resolve, signed_checkpoints, within
 from template.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -30,20 +35,36 @@ class ReferenceModel:
     returned True for that epoch."""
 
     def __init__(self, *, model_cfg: ModelConfig, seed: int, store: CheckpointStore,
+                 run_id: str, peers: Callable[[], Mapping[str, str]], tolerance: float,
                  device: torch.device | None = None):
+        """``peers``: ``{hotkey: bound PeerID}`` now (:func:`template.attestation.hotkey_peers`);
+        ``tolerance``: the consensus tolerance a checkpoint must meet against :meth:`expect`."""
         self.store = store
+        self.run_id = run_id
+        self.peers = peers
+        self.tolerance = tolerance
         self.device = device or torch.device("cpu")
         self.model = build_model(model_cfg, seed=seed).to(self.device)
         self.epoch: int | None = None
         self.fingerprint: tuple[float, ...] = ()
+        self.expected: dict[int, list[float]] = {}
+        """Per epoch, the fingerprint its round's members reported (the judged reference)."""
         self._seed_model_epoch0 = True
+
+    def expect(self, epoch: int, reference: Sequence[float]) -> None:
+        """Only a checkpoint of ``epoch`` within the tolerance of ``reference`` will be loaded."""
+        self.expected = {e: fp for e, fp in self.expected.items() if e >= epoch - 2}
+        self.expected[epoch] = list(reference)
 
     def ensure(self, epoch: int) -> bool:
         """Load ``theta_epoch`` if not loaded; False when its checkpoint is not available yet."""
         if self.epoch == epoch:
             return True
+        expected = self.expected.get(epoch)
         try:
-            checkpoint = self.store.pull(epoch)
+            checkpoint = resolve(self.store, epoch, run_id=self.run_id, peers=self.peers(),
+                                 agrees=None if expected is None else within(
+                                     expected, self.tolerance)).checkpoint
         except MissingCheckpointError:
             if epoch == 0 and self._seed_model_epoch0:
                 self._adopt(0)
@@ -72,23 +93,27 @@ class ReferenceModel:
         logger.info("reference model at epoch %d", epoch)
 
 
-async def wait_for_checkpoint(store: CheckpointStore, epoch: int, *, timeout: float,
-                              poll: float = 2.0) -> Checkpoint | None:
-    """Poll the store for ``epoch-{epoch}`` for up to ``timeout`` seconds (None if absent).
+async def wait_for_signed(store: CheckpointStore, epoch: int, *, run_id: str,
+                          peers: Mapping[str, str], timeout: float,
+                          poll: float = 2.0) -> list[Attested]:
+    """Poll the store for up to ``timeout`` seconds until ``epoch``'s checkpoints include one
+    signed by a chain-bound pusher; return every such one (empty: none appeared).
 
-    Pulls run in a worker thread (they download and hash files). A corrupt checkpoint is
-    logged and polled again: the pusher may still be writing it.
+    Reads run in a worker thread (they download and hash files). Unsigned, badly signed or
+    corrupt checkpoints are logged and skipped: the pusher may still be writing.
     """
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await loop.run_in_executor(None, store.pull, epoch)
-        except MissingCheckpointError:
-            pass
-        except CheckpointError as err:
-            logger.warning("checkpoint epoch-%d not usable yet: %s", epoch, err)
+            found = await loop.run_in_executor(None, lambda: signed_checkpoints(
+                store, epoch, run_id=run_id, peers=peers))
+        except CheckpointError as err:  # the store itself failed (auth, unavailable)
+            logger.warning("checkpoints of epoch %d not readable: %s", epoch, err)
+            found = []
+        if found:
+            return found
         if time.monotonic() + poll > deadline:
-            logger.warning("no canonical checkpoint epoch-%d after %.0f s", epoch, timeout)
-            return None
+            logger.warning("no signed checkpoint of epoch %d after %.0f s", epoch, timeout)
+            return []
         await asyncio.sleep(poll)
