@@ -11,23 +11,23 @@ import sys
 import bittensor  # noqa: F401  (import before hivemind: it resets existing loggers)
 
 from hivemind_utils.lifetime import stoppable
-from template.config import parse_config
+from template.config import NEURON_DEFAULTS, parse_config
 from template.miner.build import build_miner
+from template.preflight import STARTUP_ERRORS, check_start, report
 from template.telemetry import setup_logging
-from template.transport import AxonPortInUse, check_port_free
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv, description="Collaborative-training miner")
+    cfg = parse_config(argv, description="Collaborative-training miner",
+                       defaults=NEURON_DEFAULTS)
     log = setup_logging(cfg.logging, name=f"miner-{cfg.wallet.name}")
     # SIGTERM/SIGINT (to the PID or its group): stop within --neuron.stop_timeout, no orphans.
     with stoppable(stop_timeout=cfg.neuron.stop_timeout, log=log) as stopper:
         try:
-            check_port_free(cfg.axon.ip, cfg.axon.port)  # before minutes of setup; rechecked
+            check_start(cfg, role="miner")  # seconds, before minutes of set-up
             miner = build_miner(cfg)
-        except AxonPortInUse as err:
-            print(err, file=sys.stderr)  # one line: --axon.port N is in use
-            return 2
+        except STARTUP_ERRORS as err:  # one line naming the fix; exit status 2
+            return report(err, debug=cfg.logging.debug or cfg.logging.trace)
         stopper.on_stop = miner.stop.set
         log.info("miner uid %d, PeerID %s, epoch %d", miner.uid, miner.peer_id, miner.epoch)
         try:

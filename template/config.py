@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 
 LOCAL_NETWORK = "local-devnet"
 BITTENSOR_NETWORKS = ("finney", "test", "archive", "local")
+NEURON_DEFAULTS = {"subtensor.network": "finney"}
+"""What neurons/miner.py and neurons/validator.py default to, as bittensor's neurons do: a
+forgotten flag must not silently run against the devnet's SQLite file. The launcher and the
+tests pass ``--subtensor.network local-devnet``; scripts default to the devnet."""
 _MAX_POSITIONS = 1024  # GPT-2's context length (n_positions)
 DEFAULT_HOME = "~/.distributed_training"  # paths keep their `~`; expand them where they are used
 FINEWEB_REVISION = "af075bed828c75624d8a78f0783778e8dbf1dea0"  # see docs/production.md
@@ -533,9 +537,18 @@ def _docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def build_parser(description: str = "") -> argparse.ArgumentParser:
-    """An argparse parser with one `--section.field` flag per config field."""
-    parser = argparse.ArgumentParser(description=description)
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are ONE line: the usage of ~80 flags would bury the reason."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every flag)\n")
+
+
+def build_parser(description: str = "", *,
+                 defaults: typing.Mapping[str, object] | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one `--section.field` flag per config field; ``defaults``
+    (``{"subtensor.network": "finney"}``) overrides field defaults for one entry point."""
+    parser = _Parser(description=description)
     top_docs = _docs(Config)
     for top in dataclasses.fields(Config):
         hint = _field_type(Config, top.name)
@@ -545,6 +558,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
             docs = _docs(section)
             for f in dataclasses.fields(section):
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                default = (defaults or {}).get(f"{top.name}.{f.name}", default)
                 _add_flag(group, f"--{top.name}.{f.name}", _field_type(section, f.name),  # type: ignore[arg-type]
                           default, docs.get(f.name, ""))
         else:
@@ -572,13 +586,15 @@ def config_from_namespace(ns: argparse.Namespace) -> Config:
     return Config(**kwargs)  # type: ignore[arg-type]
 
 
-def parse_config(argv: Sequence[str] | None = None, *, description: str = "") -> Config:
+def parse_config(argv: Sequence[str] | None = None, *, description: str = "",
+                 defaults: typing.Mapping[str, object] | None = None) -> Config:
     """Parse bittensor-style flags into a frozen :class:`Config`.
 
-    A bad value exits like argparse does (status 2) with ``--flag: reason`` on stderr, so an
-    operator sees which flag to change and no traceback.
+    A bad value exits like argparse does (status 2) with ONE line, ``--flag: reason``, on
+    stderr, so an operator sees which flag to change and no traceback. ``defaults``: see
+    :func:`build_parser`.
     """
-    parser = build_parser(description)
+    parser = build_parser(description, defaults=defaults)
     ns = parser.parse_args(argv)
     try:
         return config_from_namespace(ns)

@@ -39,7 +39,9 @@ class BittensorChain(Chain):
             except (OSError, TimeoutError, WebSocketException) as err:
                 # refused / unreachable / an endpoint that is not a substrate websocket
                 raise ChainError(f"--subtensor.network: cannot reach {chain_endpoint or network}"
-                                 f" ({type(err).__name__}: {err})") from err
+                                 f" ({type(err).__name__}: {err}); check the endpoint "
+                                 "(--subtensor.chain_endpoint) and the network, or use "
+                                 "--subtensor.network local-devnet for the devnet") from err
         self.subtensor = subtensor
 
     def close(self) -> None:

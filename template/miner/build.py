@@ -15,7 +15,7 @@ from hivemind_utils.swarm_state import ProgressReporter, read_swarm_state
 from template.admission import swarm_admission
 from template.chain import build_chain
 from template.checkpoints import build_store
-from template.config import Config, ConfigError
+from template.config import Config
 from template.data import build_page_source, load_tokenizer
 from template.device import resolve_device, resolve_precision
 from template.miner.adversary import make_adversary
@@ -27,7 +27,7 @@ from template.protocol import AllReduce, IsAlive, Train
 from template.telemetry import Telemetry
 from template.training import build_optimizer
 from template.transport import CallerPolicy, MetagraphCache, build_axon, start_axon
-from template.wallet import load_wallet
+from template.wallet import load_wallet, registered_uid
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,7 @@ def build_miner(cfg: Config) -> Miner:
     """Everything a miner needs, started; `Miner.close()` stops it all in reverse order."""
     wallet = load_wallet(cfg.wallet)
     chain = build_chain(cfg)
-    uid = chain.uid_of(wallet.hotkey.ss58_address)
-    if uid is None:
-        raise ConfigError("--wallet.hotkey", f"hotkey {wallet.hotkey.ss58_address} is not "
-                          f"registered on netuid {cfg.netuid}; register it first")
+    uid = registered_uid(chain, wallet, cfg)
     closers = [chain.close]
     dht = start_dht(cfg.dht, run_id=cfg.neuron.run_id, initial_peers=cfg.neuron.initial_peers,
                     identity_path=identity_path(cfg.wallet))

@@ -34,7 +34,7 @@ from hivemind_utils import SwarmAverager, read_swarm_state, start_dht
 from hivemind_utils.identity import identity_path
 from hivemind_utils.swarm_state import SwarmState
 from template.admission import swarm_admission
-from template.chain import Chain, ChainError, build_chain
+from template.chain import Chain, build_chain
 from template.checkpoints import build_store
 from template.config import Config
 from template.consensus import consensus_tolerance
@@ -42,6 +42,7 @@ from template.contribution import audit_gather, block_tolerance
 from template.data import build_page_source, load_tokenizer
 from template.device import resolve_device, resolve_precision
 from template.model import count_parameters
+from template.preflight import PermitWatch
 from template.proof import sketch_seed
 from template.telemetry import Telemetry
 from template.training import learning_rate
@@ -61,6 +62,7 @@ from template.validator.scoring import decay_absent, ema_update, throughput
 from template.validator.state import ValidatorState, forget_replaced, load_state, save_state
 from template.validator.train_round import TrainContext, sample_uids, train_round
 from template.validator.verify import TrainVerdict, VerifyThresholds
+from template.wallet import load_wallet, registered_uid
 
 logger = logging.getLogger(__name__)
 
@@ -71,22 +73,16 @@ def state_path(cfg: Config) -> Path:
     return Path(cfg.neuron.workdir).expanduser() / name
 
 
-def load_wallet(cfg: Config) -> bt.Wallet:
-    return bt.Wallet(name=cfg.wallet.name, hotkey=cfg.wallet.hotkey, path=cfg.wallet.path)
-
-
 class Validator:
     """Long-lived parts of a validator (see the module docstring)."""
 
     def __init__(self, cfg: Config, *, chain: Chain | None = None):
         self.cfg = cfg
-        self.wallet = load_wallet(cfg)
+        self.wallet = load_wallet(cfg.wallet)
         self.chain = chain or build_chain(cfg)
-        self.uid = self.chain.uid_of(self.wallet.hotkey.ss58_address)
-        if self.uid is None:
-            raise ChainError(f"--wallet.name {cfg.wallet.name} --wallet.hotkey "
-                             f"{cfg.wallet.hotkey} is not registered on netuid {cfg.netuid}; "
-                             "register it first (scripts/create_wallets.py on the devnet)")
+        self.uid = registered_uid(self.chain, self.wallet, cfg)
+        self.permit = PermitWatch(cfg)  # warns now and every few minutes while it has none
+        self.permit.check(self.chain.metagraph(), self.uid)
         self.state_path = state_path(cfg)
         self.state: ValidatorState = load_state(self.state_path)
         self.rng = random.Random()  # unpredictable: miners must not guess the checked batches
@@ -148,6 +144,7 @@ class Validator:
     async def step(self) -> None:
         """One pass of the loop (see the module docstring)."""
         graph = self.chain.metagraph()
+        self.permit.check(graph, self.uid)
         gone = forget_replaced(self.state, {n.uid: n.hotkey for n in graph.neurons})
         if gone:
             logger.info("forgot scores of replaced uids %s", gone)
