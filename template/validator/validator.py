@@ -34,6 +34,7 @@ from hivemind_utils import SwarmAverager, read_swarm_state, start_dht
 from hivemind_utils.identity import identity_path
 from hivemind_utils.swarm_state import SwarmState
 from template.admission import swarm_admission
+from template.attestation import Attested, hotkey_peers
 from template.chain import Chain, build_chain
 from template.checkpoints import build_store
 from template.config import Config
@@ -57,7 +58,7 @@ from template.validator.allreduce_round import (
     ready_for_round,
 )
 from template.validator.epoch import EpochRecord, epoch_components, epoch_scores
-from template.validator.reference import ReferenceModel, wait_for_checkpoint
+from template.validator.reference import ReferenceModel, wait_for_signed
 from template.validator.scoring import decay_absent, ema_update, throughput
 from template.validator.state import ValidatorState, forget_replaced, load_state, save_state
 from template.validator.train_round import TrainContext, sample_uids, train_round
@@ -91,8 +92,12 @@ class Validator:
         self.store = build_store(cfg.store)
         self.source = build_page_source(cfg.data)
         self.tokenizer = load_tokenizer()
+        self.tolerance = consensus_tolerance(cfg.averaging.compression,
+                                             cfg.validator.fingerprint_tolerance)
         self.reference = ReferenceModel(model_cfg=cfg.model, seed=cfg.neuron.seed,
-                                        store=self.store, device=device)
+                                        store=self.store, run_id=cfg.neuron.run_id,
+                                        peers=lambda: hotkey_peers(self.chain),
+                                        tolerance=self.tolerance, device=device)
         self.dht = start_dht(cfg.dht, run_id=cfg.neuron.run_id,
                              initial_peers=cfg.neuron.initial_peers,
                              identity_path=identity_path(cfg.wallet))
@@ -104,8 +109,6 @@ class Validator:
         self.admission = swarm_admission(self.chain, self.store,
                                          max_samples=cfg.averaging.target_batch_size)
         self.telemetry = Telemetry(cfg, role="validator", name=f"validator-{self.uid}")
-        self.tolerance = consensus_tolerance(cfg.averaging.compression,
-                                             cfg.validator.fingerprint_tolerance)
         self.thresholds = VerifyThresholds(
             min_cosine=cfg.validator.min_cosine, min_norm_ratio=cfg.validator.min_norm_ratio,
             check_batches=cfg.validator.check_batches, fingerprint_tolerance=self.tolerance)
@@ -296,17 +299,14 @@ class Validator:
                       or record.train[u].verified_samples < reported.get(u, 0)]
         if unverified:  # proof of the whole epoch's work before paying for the average
             await self.verify(graph, record, unverified)
-        checkpoint: dict[str, Any] = {}
+        signed: dict[str, Attested] = {}
 
-        async def canonical() -> Canonical | None:
-            found = await wait_for_checkpoint(self.store, record.epoch + 1,
-                                              timeout=cfg.validator.checkpoint_timeout)
-            checkpoint["found"] = found
-            if found is None:
-                return None
-            pusher = found.manifest.get("metadata", {}).get("pusher")
-            return Canonical(list(found.manifest["fingerprint"]),
-                             pusher if isinstance(pusher, str) else None)
+        async def canonical() -> list[Canonical]:
+            found = await wait_for_signed(self.store, record.epoch + 1, run_id=cfg.neuron.run_id,
+                                          peers=hotkey_peers(self.chain),
+                                          timeout=cfg.validator.checkpoint_timeout)
+            signed.update({a.tag: a for a in found})
+            return [Canonical(a.fingerprint, signer=a.pusher, tag=a.tag) for a in found]
 
         assert self._dendrite is not None
         outcome = await allreduce_round(
@@ -316,8 +316,8 @@ class Validator:
                 self.averager.average, weight=0, epoch=record.epoch,
                 timeout=3 * cfg.averaging.matchmaking_time,
                 gather=audit_gather(sketch_seed(cfg.neuron.run_id, record.epoch))),
-            round_id=f"e{record.epoch}-{self.uid}-{int(time.time())}", run_id=cfg.neuron.run_id,
-            cfg=cfg.averaging, learning_rate=learning_rate(record.epoch, cfg.optim),
+            round_id=f"e{record.epoch}-{self.uid}-{int(time.time())}", cfg=cfg.averaging,
+            learning_rate=learning_rate(record.epoch, cfg.optim),
             tolerance=self.tolerance, retries=cfg.validator.allreduce_retries,
             fingerprint_dims=len(self.reference.fingerprint) or None,
             rules=ContributionRules(
@@ -341,9 +341,10 @@ class Validator:
                     {u: (round(throughput(t) / 1e6, 2), round(t.lag, 2)) for u, t in
                      outcome.transfers.items() if t is not None})
         if outcome.completed:
-            found = checkpoint.get("found")
-            if found is not None and outcome.reference == "canonical":
-                self.reference.load(found)
+            if outcome.reference_fingerprint:  # a forged epoch-(e+1) is never the reference
+                self.reference.expect(record.epoch + 1, outcome.reference_fingerprint)
+            if outcome.canonical_tag in signed:
+                self.reference.load(signed[outcome.canonical_tag].checkpoint)
             self.finish_epoch()
         return outcome
 
