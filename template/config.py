@@ -180,11 +180,12 @@ class NeuronConfig:
 
 
 POISONS = ("flip", "flip-recommit", "noise", "partial", "null-space", "weight")
-ADVERSARIES = ("lazy", "random-gradient", "copycat", "no-show", "slow-link", "poisoner",
-               *(f"poisoner-{p}" for p in POISONS), "forger", "forger-unsigned")
-
-
 FORGERIES = ("noise", "scale", "stale")
+ADVERSARIES = ("lazy", "random-gradient", "copycat", "no-show", "slow-link", "poisoner",
+               *(f"poisoner-{p}" for p in POISONS), "forger", "forger-unsigned",
+               "unbound", "vanisher", "padder")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     preset: str = "tiny"

@@ -134,6 +134,36 @@ def test_a_checkpoint_forger_wins_the_tag_but_not_the_epoch_or_the_pay(tmp_path)
         assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
 
 
+def test_miners_paid_without_contributing_gain_nothing(tmp_path):
+    """`unbound` trains and answers Train but binds no PeerID and never averages: zero every
+    round. `vanisher` works one epoch and exits: paid for that round, nothing after, and its
+    moving average decays below every honest miner's. `padder` pads every all-reduce message
+    with 1-3x junk: bandwidth counts decoded tensor bytes, so it earns no more than an honest
+    miner (before the fix it reached bandwidth 1.0 and +18% weight)."""
+    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "3",
+                       "--cheaters", "unbound,vanisher,padder")
+    assert summary["ok"]
+    kind = {u: k for u, k in summary["cheaters"].items()}
+    uid = {k: u for u, k in kind.items()}
+    honest = honest_uids(summary)
+    scores = summary["scores"]
+    total = {u: scores.get(u, {}).get("total", 0.0) for u in [*kind, *honest]}
+    losses = [e["loss"] for e in summary["epochs"]]
+    assert losses == sorted(losses, reverse=True), losses
+    for entry in summary["epochs"]:
+        rounds = entry["round_scores"]
+        assert all(rounds.get(u, 0) > 0 for u in honest), rounds
+        assert rounds.get(uid["unbound"], 0) == 0, rounds
+        if entry["epoch"] > 1:
+            assert rounds.get(uid["vanisher"], 0) == 0, rounds
+    assert summary["epochs"][0]["round_scores"].get(uid["vanisher"], 0) > 0
+    assert total[uid["unbound"]] == 0
+    assert total[uid["vanisher"]] < min(total[u] for u in honest), total
+    assert total[uid["padder"]] <= max(total[u] for u in honest) + 1e-9, total
+    bandwidth = {u: scores[u].get("bandwidth", 0.0) for u in [uid["padder"], *honest]}
+    assert bandwidth[uid["padder"]] <= max(bandwidth[u] for u in honest) + 1e-9, bandwidth
+
+
 def test_two_validators_judge_the_same_rounds_and_both_pay_every_honest_miner(tmp_path):
     """Each validator sends its own AllReduce per epoch; miners run ONE round per epoch and
     answer both with its report, so neither validator fails an honest miner."""

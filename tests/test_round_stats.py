@@ -38,3 +38,23 @@ def test_padding_earns_no_bandwidth():
 
 def test_message_without_a_tensor_carries_no_payload():
     assert payload_bytes(averaging_pb2.AveragingData(group_id=b"x" * 100)) == 0
+
+
+def test_the_padder_red_team_pads_the_wire_not_the_tensor():
+    """`--neuron.adversary padder`'s compression: the message grows 1-3x through an unknown
+    field that hivemind parses and drops; the decoded tensor and the payload count are the
+    honest ones."""
+    import torch
+    from hivemind.compression import CompressionInfo, NoCompression
+
+    from template.miner.adversary import PaddedCompression
+
+    tensor = torch.randn(1000)
+    info = CompressionInfo.from_tensor(tensor)
+    honest, padded = NoCompression().compress(tensor, info), PaddedCompression().compress(
+        tensor, info)
+    assert 2 * honest.ByteSize() <= padded.ByteSize() <= 4.1 * honest.ByteSize()
+    wire = runtime_pb2.Tensor.FromString(padded.SerializeToString())
+    assert torch.equal(NoCompression().extract(wire), tensor)
+    message = averaging_pb2.AveragingData(tensor_part=wire)
+    assert payload_bytes(message) == len(honest.buffer) == 4000

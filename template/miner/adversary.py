@@ -16,10 +16,13 @@ attacker would, so a local swarm shows what the validator catches:
   the tag; each epoch it draws one of :data:`FORGERIES` (noise, rescaled or un-stepped
   weights) with random strength. `forger-unsigned` pushes them unsigned, naming an honest
   member as pusher.
+* `unbound`: trains and answers Train honestly but binds no PeerID and never averages.
+* `vanisher`: honest for one epoch, then its process exits (the uid stays registered).
+* `padder`: honest, but pads every all-reduce message with 1-3x its size in junk bytes.
 
-They plug into the miner through five hooks (`fake_epoch`, `joins_rounds`, `answer_train`,
-`contribute`, `before_round`) and one averager option (`compression`), so the honest code
-path has no adversarial branches.
+They plug into the miner through hooks (`fake_epoch`, `joins_rounds`, `binds_peer_id`,
+`epochs`, `answer_train`, `contribute`, `before_round`) and one averager option
+(`compression`), so the honest code path has no adversarial branches.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ class Adversary:
 
     kind = "honest"
     joins_rounds = True
+    binds_peer_id = True
+    """Bind the DHT PeerID (and record key) to the hotkey on chain at start."""
+
+    def epochs(self, configured: int) -> int:
+        """Epochs to run before exiting (``--neuron.epochs``; 0 = forever)."""
+        return configured
 
     def fake_epoch(self, miner: Miner, epoch: int, batches: list[torch.Tensor]) -> int | None:
         """Fill the ledger and `.grad` instead of training and return how many batches were
@@ -156,6 +165,58 @@ def _other_miner_axon(miner: Miner) -> object | None:
 class NoShow(Adversary):
     kind = "no-show"
     joins_rounds = False
+
+
+class Unbound(Adversary):
+    """Trains and answers Train honestly, but never binds a PeerID nor joins a round."""
+
+    kind = "unbound"
+    joins_rounds = False
+    binds_peer_id = False
+
+
+class Vanisher(Adversary):
+    """Honest for its first epoch, then gone (the process exits; its uid stays registered)."""
+
+    kind = "vanisher"
+
+    def epochs(self, configured: int) -> int:
+        return 1
+
+
+class Padder(Adversary):
+    """Honest work, but every all-reduce message carries 1-3x its tensor's size in junk."""
+
+    kind = "padder"
+
+    def compression(self) -> object:
+        return PaddedCompression()
+
+
+class PaddedCompression(NoCompression):
+    """No compression; each serialized part gets an unknown protobuf field of junk bytes, which
+    hivemind's receiver parses and ignores (the wire bytes grow, the tensor does not)."""
+
+    FIELD = 1000  # far above runtime_pb2.Tensor's own field numbers
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rng = random.Random()
+
+    def compress(self, tensor: torch.Tensor, info: object, allow_inplace: bool = False):  # type: ignore[override]
+        message = super().compress(tensor, info, allow_inplace)
+        junk = bytes(int(len(message.buffer) * self.rng.uniform(1.0, 3.0)))
+        message.MergeFromString(_varint(self.FIELD << 3 | 2) + _varint(len(junk)) + junk)
+        return message
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 class SlowLink(Adversary):
@@ -329,7 +390,8 @@ class Forger(Adversary):
 
 
 KINDS: dict[str, type[Adversary]] = {
-    cls.kind: cls for cls in (Lazy, RandomGradient, Copycat, NoShow, SlowLink, Poisoner, Forger)
+    cls.kind: cls for cls in (Lazy, RandomGradient, Copycat, NoShow, SlowLink, Poisoner, Forger,
+                              Unbound, Vanisher, Padder)
 }
 
 

@@ -42,8 +42,10 @@ def build_miner(cfg: Config) -> Miner:
                     identity_path=identity_path(cfg.wallet))
     closers.append(dht.shutdown)
     peer_id = dht.peer_id.to_base58()
-    bound = chain.bind_peer_id(wallet, peer_id, record_key_id(dht.record_subkey))
-    if not bound.success:
+    adversary = make_adversary(cfg.neuron.adversary)
+    bound = (chain.bind_peer_id(wallet, peer_id, record_key_id(dht.record_subkey))
+             if adversary.binds_peer_id else None)
+    if bound is not None and not bound.success:
         logger.warning("could not bind PeerID %s to uid %d on chain: %s", peer_id, uid,
                        bound.message)
 
@@ -51,7 +53,6 @@ def build_miner(cfg: Config) -> Miner:
     device = resolve_device(cfg.neuron.device)
     precision = resolve_precision(cfg.neuron.precision, device)
     model = build_model(cfg.model, seed=cfg.neuron.seed).to(device)
-    adversary = make_adversary(cfg.neuron.adversary)
     miner = Miner(
         cfg=cfg, uid=uid, peer_id=peer_id, wallet=wallet, chain=chain, model=model,
         adversary=adversary,

@@ -91,7 +91,7 @@ class Miner:
     def run(self) -> None:
         """Train until `--neuron.epochs` epochs are done or `stop` is set."""
         self.sync_state()
-        target = self.cfg.neuron.epochs
+        target = self.adversary.epochs(self.cfg.neuron.epochs)
         while not self.stop.is_set() and not (target and self.epoch >= target):
             epoch = self.epoch
             if self.ledger.get(epoch) is None or not self.ledger.get(epoch).finished:
