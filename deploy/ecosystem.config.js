@@ -6,6 +6,9 @@ const common = [
   "--subtensor.network", "finney",
   "--neuron.run_id", "fineweb-gpt2",
   "--model.preset", "gpt2-124m",
+  // fp16 halves the bytes (honest fingerprint spread 1.8e-3 < tolerance 6e-3): a gpt2-124m round
+  // then fits the 60 s --averaging.allreduce_timeout at 100 Mbit/s (fp32 would need ~80 s).
+  "--averaging.compression", "fp16",
   "--store.kind", "hub", "--store.repo_id", "<ORG>/<REPO>",
   "--wandb.mode", "online",
   "--neuron.initial_peers", "/ip4/<BOOTSTRAP_IP>/tcp/8009/p2p/<BOOTSTRAP_PEER_ID>",

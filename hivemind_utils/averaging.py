@@ -44,9 +44,9 @@ from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES
 from hivemind.compression import CompressionBase, Float16Compression, NoCompression
 from hivemind.dht import DHT
-from hivemind.p2p import P2PContext
+from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
-from hivemind.utils import MSGPackSerializer
+from hivemind.utils import MPFuture, MSGPackSerializer
 
 from hivemind_utils import compat, robust
 from hivemind_utils.lifetime import DiesWithParent
@@ -105,6 +105,10 @@ class RoundFailed(Exception):
 def _buffers_like(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """One zeroed CPU float32 buffer per parameter (works for meta-device params too)."""
     return [torch.zeros(tuple(p.shape), dtype=torch.float32) for p in params]
+
+
+EXPECTED_GRACE = 1.0
+"""Seconds a leader still waits for unnamed peers once every expected member joined."""
 
 
 class SwarmAverager(DiesWithParent, DecentralizedAverager):
@@ -240,7 +244,8 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
     # ------------------------------------------------------------------ one round
 
     def average(self, *, weight: float = 1.0, timeout: float | None = None,
-                gather: Any = None, epoch: int | None = None) -> AveragingResult:
+                gather: Any = None, epoch: int | None = None,
+                expected: Sequence[str] = ()) -> AveragingResult:
         """Find a group and run one all-reduce of the buffers, in place; never raises on failure.
 
         :param weight: this peer's share of the mean (samples accumulated); ignored (0) when
@@ -250,6 +255,11 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         :param gather: small picklable value sent to every groupmate (``result.gathered``).
         :param epoch: match only with peers averaging the same epoch (:func:`epoch_group_bits`);
           None keeps the current key (benchmarks, single-epoch tests).
+        :param expected: base58 PeerIDs of the round's members (this peer included or not): a
+          leader assembles the group :data:`EXPECTED_GRACE` s after every one of them has
+          joined, instead of waiting ``--averaging.matchmaking_time`` for ``target_group_size``
+          peers that never come. Peers that join meanwhile stay in; empty keeps hivemind's rule
+          alone.
         """
         if not self.is_auxiliary and not weight > 0:
             raise ValueError(f"weight must be > 0 for a contributing peer, got {weight}")
@@ -257,6 +267,7 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         if epoch is not None:
             self.set_group_bits(epoch_group_bits(epoch))
         try:
+            self._expect(expected)
             out = self._wait(self.step(weight=None if self.is_auxiliary else float(weight),
                                        timeout=timeout, gather=gather, wait=False), timeout)
         except RoundFailed as err:
@@ -286,7 +297,50 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
                     control.cancel()
                     raise TimeoutError("averaging round exceeded its time budget") from None
 
+    def _expect(self, peers: Sequence[str]) -> None:
+        future = MPFuture()
+        self._outer_pipe.send(("_set_expected_peers", [], dict(peers=list(peers), future=future)))
+        future.result(timeout=self.cfg.request_timeout + 5.0)
+
     # ------------------------------------------------------------------ hivemind seams (child)
+
+    async def _set_expected_peers(self, peers: list[str], future: MPFuture) -> None:
+        self._grace_tasks: set[asyncio.Task] = getattr(self, "_grace_tasks", set())
+        try:
+            self._expected_peers = frozenset(PeerID.from_base58(p) for p in peers)
+        except ValueError as err:  # callers validate; a bad id must not hang the step
+            self._expected_peers = frozenset()
+            future.set_exception(err)
+            return
+        future.set_result(None)
+
+    async def rpc_join_group(self, request: averaging_pb2.JoinRequest, context: P2PContext,
+                             ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
+        """hivemind's leader side of matchmaking, plus: once every expected member has joined
+        (see :meth:`average`), assemble after a short grace instead of at the
+        ``matchmaking_time`` deadline."""
+        matchmaking = self._matchmaking
+        async for message in matchmaking.rpc_join_group(request, context):
+            yield message
+            expected = getattr(self, "_expected_peers", frozenset())
+            if (message.code == averaging_pb2.ACCEPTED and expected
+                    and not matchmaking.assembled_group.done()
+                    and expected <= {matchmaking.peer_id, *matchmaking.current_followers}):
+                task = asyncio.create_task(self._assemble_after_grace(matchmaking.assembled_group))
+                self._grace_tasks.add(task)  # a reference, so the task is not collected early
+                task.add_done_callback(self._grace_tasks.discard)
+
+    async def _assemble_after_grace(self, group: asyncio.Future) -> None:
+        """Every expected member is in: wait :data:`EXPECTED_GRACE` s for peers nobody named (a
+        second validator's auxiliary peer asks at about the same time), then assemble, unless
+        this search already ended (``group`` is the search's own future)."""
+        await asyncio.sleep(EXPECTED_GRACE)
+        matchmaking = self._matchmaking
+        async with matchmaking.lock_request_join_group:
+            if (matchmaking.assembled_group is group and not group.done()
+                    and matchmaking.is_looking_for_group and matchmaking.current_leader is None
+                    and matchmaking.current_followers):
+                await matchmaking.leader_assemble_group()
 
     async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int,
                                     **kwargs: Any) -> AveragingResult:

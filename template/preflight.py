@@ -16,6 +16,7 @@ without a permit) are warnings, repeated by :class:`PermitWatch`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
@@ -77,6 +78,7 @@ def report(err: BaseException, *, debug: bool, stream: TextIO | None = None) -> 
 def check_start(cfg: Config, *, role: str) -> None:
     """The checks that need no wallet or chain, cheapest first; raises :class:`StartupError`."""
     check_placeholders(cfg)
+    check_round_fits(cfg)
     if role == "miner":
         from template.transport import check_port_free
 
@@ -84,6 +86,47 @@ def check_start(cfg: Config, *, role: str) -> None:
     check_initial_peers(cfg.neuron.initial_peers)
     if cfg.store.kind == "hub":
         check_hub_write(cfg.store.repo_id)
+
+
+# ---------------------------------------------------------------- round budget
+
+MIN_BANDWIDTH_MBIT = 100.0
+"""The slowest link a peer is documented to need (docs/miner.md): the timeouts must fit one
+round of the configured model at this speed."""
+BYTES_PER_VALUE = {"none": 4, "fp16": 2, "8bit": 1}
+
+
+def round_seconds_bound(num_values: int, compression: str, *,
+                        mbit: float = MIN_BANDWIDTH_MBIT) -> float:
+    """Seconds one butterfly all-reduce of ``num_values`` needs at ``mbit`` Mbit/s in each
+    direction: every peer sends and receives ``2(N-1)/N`` of the payload, bounded by 2x."""
+    return 2 * num_values * BYTES_PER_VALUE[compression] / (mbit * 1e6 / 8)
+
+
+def check_round_fits(cfg: Config) -> None:
+    """``--averaging.allreduce_timeout`` must fit one round of the preset at
+    :data:`MIN_BANDWIDTH_MBIT`; a local folder or Hub model is not sized here."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from template.model import PRESETS, count_parameters, gpt2_config
+
+    avg = cfg.averaging
+    if cfg.model.preset not in PRESETS or avg.compression not in BYTES_PER_VALUE:
+        return
+    with torch.device("meta"):
+        values = count_parameters(GPT2LMHeadModel(gpt2_config(cfg.model.preset)))
+    need = round_seconds_bound(values, avg.compression)
+    if need > avg.allreduce_timeout:
+        fp16_fits = round_seconds_bound(values, "fp16") <= avg.allreduce_timeout
+        cheaper = " or --averaging.compression fp16" if avg.compression == "none" and \
+            fp16_fits else ""
+        raise StartupError(
+            "--averaging.allreduce_timeout",
+            f"{avg.allreduce_timeout:g} s cannot fit one all-reduce of --model.preset "
+            f"{cfg.model.preset} ({values / 1e6:.0f}M values, {avg.compression}) at "
+            f"{MIN_BANDWIDTH_MBIT:g} Mbit/s, which needs about {need:.0f} s; pass "
+            f"--averaging.allreduce_timeout {10 * math.ceil(need / 10 * 1.25):d}{cheaper}")
 
 
 # ---------------------------------------------------------------- placeholders

@@ -155,7 +155,7 @@ class AllReduce(_Lean):
 
     required_hash_fields = (
         "epoch", "round_id", "target_group_size", "min_group_size",
-        "matchmaking_time", "allreduce_timeout", "learning_rate",
+        "matchmaking_time", "allreduce_timeout", "learning_rate", "expected_peers",
     )
 
     # request
@@ -166,6 +166,11 @@ class AllReduce(_Lean):
     matchmaking_time: float = Field(5.0, gt=0, le=3600, allow_inf_nan=False)
     allreduce_timeout: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
     learning_rate: float = Field(1e-3, ge=0, le=10, allow_inf_nan=False)
+    expected_peers: list[PeerIdStr] = Field(
+        default_factory=list, max_length=MAX_PARTICIPANTS,
+        description="PeerIDs of the round's members (the participants' bound PeerIDs and the "
+                    "validator's own peer): the group forms as soon as all of them joined.",
+    )
     # response
     success: bool = False
     peer_id: PeerIdStr = ""
@@ -399,7 +404,10 @@ def validate_train_response(
         return Rejection(Reason.WRONG_NONCE, "nonce not echoed")
     if sketch_seed is not None and syn.sketch_seed != sketch_seed:
         return Rejection(Reason.WRONG_SEED, f"sketch seed {syn.sketch_seed} != {sketch_seed}")
-    max_batches = min(MAX_BATCHES, syn.max_batches)
+    rejection = check_count("max_batches", syn.max_batches, maximum=MAX_BATCHES)
+    if rejection is not None:  # an echoed request field, but still the miner's bytes
+        return rejection
+    max_batches = min(MAX_BATCHES, int(syn.max_batches))
     rejection = first_rejection(
         check_count("loss", syn.loss, maximum=limits.max_loss),
         check_count("samples", syn.samples, maximum=limits.max_samples),
@@ -448,6 +456,11 @@ def validate_allreduce_request(syn: AllReduce, *, current_epoch: int | None = No
         return Rejection(Reason.MALFORMED, f"round_id {str(syn.round_id)[:40]!r} is not valid")
     if not 1 <= syn.min_group_size <= syn.target_group_size:
         return Rejection(Reason.INCONSISTENT, "need 1 <= min_group_size <= target_group_size")
+    rejection = first_rejection(*(check_peer_id("expected_peers", p) for p in syn.expected_peers))
+    if rejection is not None:
+        return rejection
+    if len(set(syn.expected_peers)) != len(syn.expected_peers):
+        return Rejection(Reason.INCONSISTENT, "expected_peers lists a PeerID twice")
     if syn.matchmaking_time <= 0 or syn.allreduce_timeout <= 0:
         return Rejection(Reason.MALFORMED, "timeouts must be > 0")
     if current_epoch is not None and syn.epoch != current_epoch:

@@ -54,6 +54,7 @@ def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], min
             "checkpoint_tag": canonical["tag"],
             "rejected_checkpoints": canonical["rejected"],
         })
+    phases = miner_phases([row for m in miners for row in lines[m]])
     validator = _validator_state(workdir)
     history = validator.get("history", {})
     for entry in out_epochs:  # the round of epoch-N's step was scored as epoch N-1
@@ -68,6 +69,7 @@ def build_summary(*, workdir: Path, chain: LocalChain, uids: dict[str, int], min
         "cheaters": {str(uids[name]): kind for name, kind in cheaters.items()},
         "roles": {str(uid): name for name, uid in sorted(uids.items(), key=lambda kv: kv[1])},
         "store": str(store.root),
+        "phases": phases,
     }
 
 
@@ -86,6 +88,19 @@ def _canonical(store: LocalStore, epoch: int, *, peers: dict[str, str], toleranc
     except CheckpointError:
         return {"fingerprint": None, "tag": None, "rejected": rejected}
     return {"fingerprint": found.fingerprint, "tag": found.tag, "rejected": rejected}
+
+
+def miner_phases(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Where honest miners' epochs went: median seconds training (local work), waiting for the
+    round, and in the round (matchmaking + all-reduce), and ``compute_share``, the training
+    seconds over the three together, summed over every miner-epoch."""
+    keys = ("train_seconds", "wait_seconds", "round_seconds")
+    timed = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in keys)]
+    if not timed:
+        return {"compute_share": None, **dict.fromkeys(keys)}
+    total = sum(r[k] for r in timed for k in keys)
+    return {"compute_share": sum(r["train_seconds"] for r in timed) / total if total else None,
+            **{k: statistics.median(r[k] for r in timed) for k in keys}}
 
 
 def _latest_weights(chain: LocalChain) -> dict[int, float]:
@@ -130,6 +145,11 @@ def print_table(summary: dict[str, Any]) -> None:
         score = summary["scores"].get(uid, {}).get("total")
         print(f"{uid:>4} {role:<12} {_fmt(score):>7} {_fmt(summary['weights'].get(uid)):>7} "
               f"{_fmt(summary['incentive'].get(uid)):>9}")
+    phases = summary.get("phases", {})
+    if phases.get("compute_share") is not None:
+        print(f"\nminers' time: {100 * phases['compute_share']:.0f}% training; median epoch "
+              f"{phases['train_seconds']:.1f} s training, {phases['wait_seconds']:.1f} s waiting "
+              f"for the round, {phases['round_seconds']:.1f} s in it", flush=True)
     print(f"\nok: {summary['ok']}   checkpoints: {summary['store']}", flush=True)
 
 

@@ -6,6 +6,7 @@ its own forked process), runs one round from threads, and compares with plain to
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -200,6 +201,45 @@ def test_peers_only_group_with_peers_of_the_same_epoch(dhts):
         _shutdown(avgs)
     with pytest.raises(ValueError, match="out of range"):
         epoch_group_bits(-1)
+
+
+def test_a_group_of_expected_members_forms_without_waiting_out_matchmaking(dhts):
+    """With every member's PeerID expected, the leader assembles as soon as they joined: far
+    inside a 20 s ``matchmaking_time`` that ``target_group_size`` 8 would wait out. A missing
+    expected member falls back to hivemind's rule (the others average at the deadline)."""
+    slow = dataclasses.replace(FAST, matchmaking_time=20.0)
+    values = [[torch.full(s, float(i)) for s in SHAPES] for i in range(3)]
+    avgs = [SwarmAverager(dht=d, run_id="expect", cfg=slow, part_size_bytes=PART,
+                          tensors=[v.clone() for v in vals])
+            for d, vals in zip(dhts[:3], values, strict=True)]
+    members = [a.peer_id.to_base58() for a in avgs]
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(a.average, weight=1.0, timeout=40.0, expected=members)
+                       for a in avgs]
+            results = [f.result() for f in futures]
+        assert all(r.ok and len(r.participants) == 3 for r in results), [r.error for r in results]
+        assert max(r.seconds for r in results) < slow.matchmaking_time / 2, [
+            r.seconds for r in results]
+        for avg in avgs:
+            with avg.get_tensors() as got:
+                assert all(torch.allclose(g, torch.full_like(g, 1.0)) for g in got)
+    finally:
+        _shutdown(avgs)
+    short = dataclasses.replace(FAST, matchmaking_time=3.0)
+    avgs = [SwarmAverager(dht=d, run_id="expect2", cfg=short, part_size_bytes=PART,
+                          tensors=[v.clone() for v in vals])
+            for d, vals in zip(dhts[:2], values[:2], strict=True)]
+    absent = "QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN"
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(a.average, weight=1.0, timeout=20.0,
+                                   expected=[*(x.peer_id.to_base58() for x in avgs), absent])
+                       for a in avgs]
+            results = [f.result() for f in futures]
+        assert all(r.ok and len(r.participants) == 2 for r in results), [r.error for r in results]
+    finally:
+        _shutdown(avgs)
 
 
 def test_bad_combinations_are_refused():

@@ -38,6 +38,7 @@ from template.preflight import (
     check_initial_peers,
     check_placeholders,
     permit_problem,
+    round_seconds_bound,
     write_problem,
 )
 from template.transport import free_port
@@ -231,6 +232,26 @@ def test_neurons_default_to_the_real_network(devnet, capsys):
     code, err = run_main("miner", argv, capsys)  # offline: finney does not resolve
     assert code == 2
     assert one_line(err).startswith("--subtensor.network: cannot reach finney")
+
+
+@pytest.mark.parametrize(("extra", "fix"), [
+    ([], "pass --averaging.allreduce_timeout 100 or --averaging.compression fp16"),
+    (["--averaging.compression", "fp16", "--averaging.allreduce_timeout", "20"],
+     "pass --averaging.allreduce_timeout 50"),
+])
+def test_a_timeout_that_cannot_fit_one_round_of_the_preset_is_one_line(devnet, capsys, extra,
+                                                                       fix):
+    argv = flags(devnet, "miner1", "--model.preset", "gpt2-124m", *extra)
+    code, err = run_main("miner", argv, capsys)
+    line = one_line(err)
+    assert code == 2 and line.startswith("--averaging.allreduce_timeout: "), line
+    assert "at 100 Mbit/s" in line and line.endswith(fix), line
+
+
+def test_the_round_budget_is_the_butterfly_bound():
+    assert round_seconds_bound(124_439_808, "none") == pytest.approx(79.6, abs=0.1)
+    assert round_seconds_bound(124_439_808, "fp16") == pytest.approx(39.8, abs=0.1)
+    assert round_seconds_bound(6_960_768, "none", mbit=1000) == pytest.approx(0.45, abs=0.01)
 
 
 def test_bad_flag_values_are_one_line(devnet):

@@ -191,3 +191,13 @@ def test_allreduce_request_checks():
                                          min_group_size=2, matchmaking_time=math.nan,
                                          allreduce_timeout=5.0, learning_rate=1e-3)
     assert P.validate_allreduce_request(forged).reason is Reason.NOT_FINITE
+    peer = "QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN"
+    named = P.AllReduce(epoch=1, round_id="e1-r0", expected_peers=[peer])
+    assert P.validate_allreduce_request(named) is None
+    twice = P.AllReduce(epoch=1, round_id="e1-r0", expected_peers=[peer, peer])
+    assert P.validate_allreduce_request(twice).reason is Reason.INCONSISTENT
+    garbled = P.AllReduce(epoch=1, round_id="e1-r0", expected_peers=[peer, "not a peer id"])
+    assert P.validate_allreduce_request(garbled).reason is Reason.MALFORMED
+    with pytest.raises(ValueError):  # more than a group can hold
+        P.AllReduce(expected_peers=[peer] * (P.MAX_PARTICIPANTS + 1))
+    assert named.body_hash != P.AllReduce(epoch=1, round_id="e1-r0").body_hash  # signed

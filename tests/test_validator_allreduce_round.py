@@ -9,7 +9,6 @@ miner lies about its post-step fingerprint. The canonical fingerprint is the exa
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 
 import pytest
@@ -168,7 +167,8 @@ def _miner_handler(averager, weight, *, lie=False, join=True):
         if not join:
             synapse.success, synapse.error = False, "not joining"
             return synapse
-        result = averager.average(weight=weight, timeout=FAST.matchmaking_time * 3)
+        result = averager.average(weight=weight, timeout=FAST.matchmaking_time * 3,
+                                  expected=synapse.expected_peers)
         synapse.success, synapse.peer_id = result.ok, str(averager.peer_id)
         synapse.participants = list(result.participants)
         with averager.get_tensors() as tensors:
@@ -238,8 +238,9 @@ def test_a_real_round_pays_honest_peers_and_gates_the_liar(swarm):
             return await allreduce_round(
                 dendrite=dendrite, targets={u: graph.axon(u) for u in miners},
                 bindings=swarm["bindings"],
-                average=functools.partial(swarm["aux"].average, weight=0,
-                                          timeout=FAST.matchmaking_time * 3),
+                average=lambda expected: swarm["aux"].average(
+                    weight=0, timeout=FAST.matchmaking_time * 3, expected=expected),
+                aux_peer=swarm["aux"].peer_id.to_base58(),
                 canonical=canonical, epoch=0, round_id="e0", cfg=FAST,
                 learning_rate=1e-3, tolerance=TOL, retries=1)
         finally:

@@ -82,7 +82,8 @@ class MinerHandlers:
     def allreduce(self, synapse: AllReduce) -> AllReduce:
         """Blocking (the transport runs sync handlers in an executor thread)."""
         done = self.desk.submit(RoundRequest(epoch=synapse.epoch, round_id=synapse.round_id,
-                                             learning_rate=synapse.learning_rate))
+                                             learning_rate=synapse.learning_rate,
+                                             expected_peers=tuple(synapse.expected_peers)))
         try:
             report = done.result(timeout=self.round_timeout)
         except concurrent.futures.TimeoutError:

@@ -84,6 +84,8 @@ class Miner:
     epoch: int = 0
     closers: list[Any] = field(default_factory=list)
     fallback_push: FallbackPush | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds of the current epoch spent training and waiting for its round (epochs.jsonl)."""
     _last_report: tuple[float, float] = (0.0, 0.0)
 
     # ------------------------------------------------------------------ the loop
@@ -94,9 +96,13 @@ class Miner:
         target = self.adversary.epochs(self.cfg.neuron.epochs)
         while not self.stop.is_set() and not (target and self.epoch >= target):
             epoch = self.epoch
+            started = time.perf_counter()
             if self.ledger.get(epoch) is None or not self.ledger.get(epoch).finished:
                 self.train_epoch(epoch)
+            trained = time.perf_counter()
             request = self.wait_for_round(epoch)
+            self.phases = {"train_seconds": trained - started,
+                           "wait_seconds": time.perf_counter() - trained}
             if request is None:
                 self.catch_up()
                 continue
@@ -188,7 +194,8 @@ class Miner:
         avg = self.cfg.averaging
         result = self.averager.average(weight=commitment.samples, epoch=epoch,
                                        timeout=avg.matchmaking_time + avg.request_timeout,
-                                       gather=gather_digest(commitment))
+                                       gather=gather_digest(commitment),
+                                       expected=request.expected_peers)
         if not result.complete:
             logger.warning("epoch %d round %s failed: %s", epoch, request.round_id,
                            result.error or f"failed peers {result.failed_peers}")
@@ -465,6 +472,7 @@ class Miner:
             "participants": list(result.participants), "auxiliaries": list(result.auxiliaries),
             "allreduce_seconds": result.allreduce_seconds, "bytes_sent": result.bytes_sent,
             "bytes_received": result.bytes_received, "time": time.time(),
+            "round_seconds": result.seconds, **self.phases,
         }
         path = Path(self.cfg.neuron.workdir).expanduser() / "epochs.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,8 @@ class RoundRequest:
     epoch: int
     round_id: str
     learning_rate: float | None = None
+    expected_peers: tuple[str, ...] = ()
+    """The round's members as the validator named them (empty: hivemind's matchmaking rule)."""
     done: Future[RoundReport] = field(default_factory=Future)
 
 

@@ -331,10 +331,11 @@ async def send_allreduce(dendrite: bt.Dendrite, targets: Mapping[int, bt.AxonInf
 
 
 def allreduce_request(*, epoch: int, round_id: str, cfg: AveragingConfig,
-                      learning_rate: float) -> AllReduce:
+                      learning_rate: float, expected_peers: Sequence[str] = ()) -> AllReduce:
     return AllReduce(epoch=epoch, round_id=round_id, target_group_size=cfg.target_group_size,
                      min_group_size=cfg.min_group_size, matchmaking_time=cfg.matchmaking_time,
-                     allreduce_timeout=cfg.allreduce_timeout, learning_rate=learning_rate)
+                     allreduce_timeout=cfg.allreduce_timeout, learning_rate=learning_rate,
+                     expected_peers=list(expected_peers))
 
 
 async def allreduce_round(
@@ -342,7 +343,7 @@ async def allreduce_round(
     dendrite: bt.Dendrite,
     targets: Mapping[int, bt.AxonInfo],
     bindings: Mapping[int, str],
-    average: Callable[[], AveragingResult],
+    average: Callable[[Sequence[str]], AveragingResult],
     canonical: Callable[[], Awaitable[Sequence[Canonical]]],
     epoch: int,
     round_id: str,
@@ -352,25 +353,34 @@ async def allreduce_round(
     retries: int = 2,
     retry_delay: float = 2.0,
     fingerprint_dims: int | None = None,
-    rules: ContributionRules | None = None,
+    rules: Callable[[], Awaitable[ContributionRules]] | None = None,
+    aux_peer: str | None = None,
 ) -> AllReduceOutcome:
     """Run the round of ``epoch`` among ``targets`` (see the module docstring).
 
-    ``average`` runs the validator's auxiliary averaging (blocking; called in a thread),
-    e.g. ``functools.partial(aux.average, weight=0, timeout=...)``. ``canonical`` waits (bounded)
-    for the signed checkpoints of ``e+1`` (``epoch-(e+1)`` and its candidates), empty if none.
+    ``average(expected)`` runs the validator's auxiliary averaging (blocking; called in a
+    thread) expecting the members' PeerIDs, e.g. ``lambda expected: aux.average(weight=0,
+    expected=expected, ...)``. ``aux_peer``: the validator's own averaging PeerID; the request
+    names it and every target's bound PeerID as the round's members, so the group forms as soon
+    as they all joined (hivemind alone waits ``matchmaking_time`` for ``target_group_size``).
+    ``canonical`` waits (bounded) for the signed checkpoints of ``e+1`` (``epoch-(e+1)`` and
+    its candidates), empty if none.
     ``retries``: extra attempts when nobody completed ("could not find a group", every miner
     timed out); raise ``--averaging.matchmaking_time`` if rounds keep failing that way.
-    ``rules``: judge every member's contribution (:func:`judge_contributions`); None skips it.
+    ``rules``: awaited once the round is over, then every member's contribution is judged by
+    them (:func:`judge_contributions`); the Train checks that fill their proofs can run
+    concurrently with the round. None skips the judgement.
     """
     timeout = cfg.matchmaking_time + cfg.allreduce_timeout + DENDRITE_MARGIN
     loop = asyncio.get_running_loop()
+    members = [*(bindings[u] for u in sorted(targets) if u in bindings),
+               *([aux_peer] if aux_peer else [])]
     outcome: AllReduceOutcome | None = None
     for attempt in range(retries + 1):
         rid = round_id if attempt == 0 else f"{round_id}-r{attempt}"
         request = allreduce_request(epoch=epoch, round_id=rid, cfg=cfg,
-                                    learning_rate=learning_rate)
-        aux_future = loop.run_in_executor(None, average)
+                                    learning_rate=learning_rate, expected_peers=members)
+        aux_future = loop.run_in_executor(None, average, members)
         replies = await send_allreduce(dendrite, targets, request=request, timeout=timeout)
         aux = await aux_future
         if not aux.ok:
@@ -383,7 +393,7 @@ async def allreduce_round(
                               bindings=bindings, tolerance=tolerance, canonicals=found,
                               fingerprint_dims=fingerprint_dims,
                               contributions=None if rules is None else judge_contributions(
-                                  aux, bindings, sorted(targets), replies, rules))
+                                  aux, bindings, sorted(targets), replies, await rules()))
         outcome = AllReduceOutcome(**{**outcome.__dict__, "attempts": attempt + 1})
         if outcome.completed:
             break

@@ -4,15 +4,17 @@
     validator.run()          # until Ctrl+C (or --neuron.epochs epochs scored)
     validator.close()
 
-One loop (``step``), every ``--validator.poll_interval`` seconds:
+One loop (``step``), every ``--validator.poll_interval`` seconds, or sooner when the progress
+records (read every :data:`PROGRESS_POLL` s meanwhile) say a round is due:
 
 1. read the metagraph and the swarm state (DHT); forget scores of replaced hotkeys;
 2. when the swarm's epoch moved past the one being collected, score that epoch
    (:func:`~template.validator.epoch.epoch_scores`) into the moving average;
-3. every ``--validator.train_interval`` seconds, a Train round on a sample of serving miners;
-4. when :func:`~template.validator.allreduce_round.ready_for_round`, Train-verify the round's
-   participants not verified yet this epoch, run the AllReduce round, score the epoch;
-5. set weights when the chain's rate limit allows; persist the state; log to wandb.
+3. when :func:`~template.validator.allreduce_round.ready_for_round`, run the AllReduce round and,
+   alongside it, Train-verify its participants not verified yet this epoch; score the epoch;
+   otherwise, every ``--validator.train_interval`` seconds, a Train round on a sample of
+   serving miners;
+4. set weights when the chain's rate limit allows; persist the state; log to wandb.
 
 Every decision is a call into a small module (verify, train_round, allreduce_round, epoch,
 scoring, weights, state); this class only holds the long-lived parts and the clock.
@@ -66,6 +68,8 @@ from template.validator.verify import TrainVerdict, VerifyThresholds
 from template.wallet import load_wallet, registered_uid
 
 logger = logging.getLogger(__name__)
+PROGRESS_POLL = 0.5
+"""Seconds between reads of the swarm's progress records while the validator waits."""
 
 
 def state_path(cfg: Config) -> Path:
@@ -139,10 +143,26 @@ class Validator:
                     logger.info("scored %d epochs (--neuron.epochs): stopping",
                                 self.state.last_epoch + 1)
                     break
-                await asyncio.sleep(self.cfg.validator.poll_interval)
+                await self._pause(self.cfg.validator.poll_interval)
         finally:
             await self._dendrite.aclose_session()
             self._dendrite = None
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the next step, but return as soon as the progress records
+        say the current epoch's round is due or the swarm moved on (read every
+        :data:`PROGRESS_POLL` s): a round starts that soon after the work is done."""
+        deadline = time.monotonic() + seconds
+        loop = asyncio.get_running_loop()
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(PROGRESS_POLL, left))
+            record = self.state.current
+            if record is None or record.allreduce_done:
+                continue
+            swarm = await loop.run_in_executor(None, self._read_swarm)
+            if swarm.global_epoch > record.epoch or (
+                    swarm.global_epoch == record.epoch and swarm.peers and self._ready(swarm)):
+                return
 
     async def step(self) -> None:
         """One pass of the loop (see the module docstring)."""
@@ -157,9 +177,10 @@ class Validator:
             record = self.state.current
             assert record is not None
             if self.reference.ensure(record.epoch):
-                await self._maybe_train_round(graph, record)
                 if not record.allreduce_done and self._ready(swarm):
-                    await self._allreduce(graph, swarm, record)
+                    await self._allreduce(graph, swarm, record)  # Train checks run alongside
+                else:
+                    await self._maybe_train_round(graph, record)
         self.maybe_set_weights(graph)
         self.save()
 
@@ -297,35 +318,35 @@ class Validator:
                     if p.epoch == swarm.global_epoch and p.peer_id in peer_of}
         unverified = [u for u in uids if u not in record.train
                       or record.train[u].verified_samples < reported.get(u, 0)]
-        if unverified:  # proof of the whole epoch's work before paying for the average
-            await self.verify(graph, record, unverified)
+        # Proof of the epoch's work, checked while the round runs: the verdicts decide pay, not
+        # who averages, so miners never wait for them (they are needed to judge contributions).
+        verifying = (asyncio.create_task(self.verify(graph, record, unverified))
+                     if unverified else None)
         signed: dict[str, Attested] = {}
 
-        async def canonical() -> list[Canonical]:
-            found = await wait_for_signed(self.store, record.epoch + 1, run_id=cfg.neuron.run_id,
-                                          peers=hotkey_peers(self.chain),
-                                          timeout=cfg.validator.checkpoint_timeout)
-            signed.update({a.tag: a for a in found})
-            return [Canonical(a.fingerprint, signer=a.pusher, tag=a.tag) for a in found]
+        async def rules() -> ContributionRules:
+            if verifying is not None:
+                await verifying
+            return self._contribution_rules(record.epoch)
 
         assert self._dendrite is not None
-        outcome = await allreduce_round(
-            dendrite=self._dendrite, targets={u: graph.axon(u) for u in uids},
-            bindings=bindings, canonical=canonical, epoch=record.epoch,
-            average=functools.partial(
-                self.averager.average, weight=0, epoch=record.epoch,
-                timeout=3 * cfg.averaging.matchmaking_time,
-                gather=audit_gather(sketch_seed(cfg.neuron.run_id, record.epoch))),
-            round_id=f"e{record.epoch}-{self.uid}-{int(time.time())}", cfg=cfg.averaging,
-            learning_rate=learning_rate(record.epoch, cfg.optim),
-            tolerance=self.tolerance, retries=cfg.validator.allreduce_retries,
-            fingerprint_dims=len(self.reference.fingerprint) or None,
-            rules=ContributionRules(
-                seed=sketch_seed(cfg.neuron.run_id, record.epoch),
-                batch_size=cfg.data.batch_size,
-                block_tolerance=block_tolerance(cfg.averaging.compression),
-                num_values=count_parameters(self.reference.model),
-                proofs={u: p for (e, u), p in self._proofs.items() if e == record.epoch}))
+        try:
+            outcome = await allreduce_round(
+                dendrite=self._dendrite, targets={u: graph.axon(u) for u in uids},
+                bindings=bindings, canonical=functools.partial(
+                    self._signed_checkpoints, record.epoch + 1, into=signed), epoch=record.epoch,
+                average=lambda expected: self.averager.average(
+                    weight=0, epoch=record.epoch, timeout=3 * cfg.averaging.matchmaking_time,
+                    gather=audit_gather(sketch_seed(cfg.neuron.run_id, record.epoch)),
+                    expected=expected), aux_peer=self.averager.peer_id.to_base58(),
+                round_id=f"e{record.epoch}-{self.uid}-{int(time.time())}", cfg=cfg.averaging,
+                learning_rate=learning_rate(record.epoch, cfg.optim),
+                tolerance=self.tolerance, retries=cfg.validator.allreduce_retries,
+                fingerprint_dims=len(self.reference.fingerprint) or None,
+                rules=rules)
+        finally:
+            if verifying is not None:
+                await verifying  # the round may have ended before judging was reached
         self.state.count("allreduce" if outcome.completed else "allreduce_failed")
         record.add_allreduce(participants=list(outcome.participants),
                              transfers=outcome.transfers, drift=outcome.drift,
@@ -347,6 +368,23 @@ class Validator:
                 self.reference.load(signed[outcome.canonical_tag].checkpoint)
             self.finish_epoch()
         return outcome
+
+    def _contribution_rules(self, epoch: int) -> ContributionRules:
+        cfg = self.cfg
+        return ContributionRules(
+            seed=sketch_seed(cfg.neuron.run_id, epoch), batch_size=cfg.data.batch_size,
+            block_tolerance=block_tolerance(cfg.averaging.compression),
+            num_values=count_parameters(self.reference.model),
+            proofs={u: p for (e, u), p in self._proofs.items() if e == epoch})
+
+    async def _signed_checkpoints(self, epoch: int, *,
+                                  into: dict[str, Attested]) -> list[Canonical]:
+        """The signed checkpoints of ``epoch`` (waited for), also kept in ``into`` by tag."""
+        found = await wait_for_signed(self.store, epoch, run_id=self.cfg.neuron.run_id,
+                                      peers=hotkey_peers(self.chain),
+                                      timeout=self.cfg.validator.checkpoint_timeout)
+        into.update({a.tag: a for a in found})
+        return [Canonical(a.fingerprint, signer=a.pusher, tag=a.tag) for a in found]
 
     # ------------------------------------------------------------------ shutdown
 
