@@ -6,6 +6,9 @@ Creates and registers wallets on the embedded devnet chain, builds the demo shar
 starts a bootstrap DHT node (in this process), then every miner and validator as its own
 process, shows progress, and stops everything after `--epochs` epochs (or on Ctrl+C, or when a
 child crashes: the exit code is then non-zero and the failing log's tail is printed).
+With `--chaos` (`--chaos_rate`, `--chaos_seed`) it kills a random honest miner with SIGKILL at
+a random moment of some epochs and restarts it with the same command line; the summary's
+`chaos` object reports kills, recoveries, missed epochs and stalls (docs/local-devnet.md).
 `WORKDIR/initial_peers.txt` holds the bootstrap multiaddr and `WORKDIR/run_id.txt` the run id
 as soon as the swarm is up; the launcher prints the inspector command that watches the run:
 `scripts/inspect_dht.py --initial_peers $(cat WORKDIR/initial_peers.txt) --run_id local-demo
@@ -28,6 +31,7 @@ from hivemind_utils.swarm_state import read_swarm_state
 from template.config import DHTConfig
 from template.localnet import (
     RUN_ID,
+    Chaos,
     LocalNet,
     epoch_rows,
     epochs_done,
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = visible_maddrs(dht)
     inspect = write_swarm_files(net.workdir, peers, target_batch_size=args.target_batch_size)
     print(f"watch the swarm with: {inspect}", flush=True)
-    started, ok = time.monotonic(), False
+    started, ok, chaos = time.monotonic(), False, None
     try:
         for name in [*net.miners, *net.cheaters]:
             net.start_miner(name, peers, adversary=net.cheaters.get(name, ""))
@@ -60,25 +64,42 @@ def main(argv: list[str] | None = None) -> int:
             _wait_for_miners(net, dht, args, timeout=MINERS_UP_TIMEOUT)
         for name in net.validators:
             net.start_validator(name, peers)
-        ok = _watch(net, dht, args, started)
+        if args.chaos:
+            chaos = Chaos(net, rate=args.chaos_rate, seed=args.chaos_seed)
+        ok = _watch(net, dht, args, started, chaos)
     except KeyboardInterrupt:
         print("interrupted: stopping every process", flush=True)
     finally:
+        if chaos is not None:
+            chaos.finish()  # orphans of recent kills counted and killed before the stop
         net.stop_all()
         dht.shutdown()
     summary = build_summary(workdir=net.workdir, chain=net.chain, uids=net.uids,
                             miners=net.miners, cheaters=net.cheaters, epochs=args.epochs, ok=ok,
                             compression=args.compression)
+    if chaos is not None:
+        summary["chaos"] = chaos.report()
     net.chain.close()
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=1))
         save_plot(summary, Path(args.summary).with_suffix(".png"))
     print_table(summary)
+    if chaos is not None:
+        _print_chaos(summary["chaos"])
     return 0 if ok else 1
 
 
-def _watch(swarm: LocalNet, dht, args: argparse.Namespace, started: float) -> bool:
-    """Print progress until every honest miner finished `--epochs` epochs; False on failure."""
+def _print_chaos(report: dict) -> None:
+    missed = "; ".join(f"{m} missed {e or 'none'}" for m, e in report["missed_epochs"].items())
+    print(f"chaos: {report['kills']} kills, {report['recoveries']} recoveries"
+          f"{'; ' + missed if missed else ''}; stalled epochs: "
+          f"{[s['epoch'] for s in report['stalls']] or 'none'}", flush=True)
+
+
+def _watch(swarm: LocalNet, dht, args: argparse.Namespace, started: float,
+           chaos: Chaos | None = None) -> bool:
+    """Print progress until every honest miner finished `--epochs` epochs; False on failure.
+    With `chaos`, each pass may kill and restart a miner (`Chaos.tick`)."""
     last = None
     while time.monotonic() - started < args.timeout:
         crashed = swarm.crashed()
@@ -87,6 +108,8 @@ def _watch(swarm: LocalNet, dht, args: argparse.Namespace, started: float) -> bo
                   f"{crashed.tail()}", flush=True)
             return False
         done = {m: epochs_done(swarm.workdir / "miners" / m) for m in swarm.miners}
+        for event in chaos.tick(max(done.values(), default=0)) if chaos is not None else []:
+            print(f"[{time.monotonic() - started:5.0f}s] {event}", flush=True)
         state = read_swarm_state(dht, run_id=RUN_ID, target_batch_size=args.target_batch_size)
         here = [p for p in state.peers if p.epoch == state.global_epoch]
         waiting = sum(p.finished for p in here)

@@ -12,12 +12,15 @@ import ctypes
 import ctypes.util
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from template.chain.local import LocalChain
 from template.chain.wallets import create_and_register
@@ -32,6 +35,12 @@ MINER_LINGER = 120.0  # s miners keep answering after their last epoch (validato
 # the launcher stops them as soon as the validators are done, so it never waits this long
 VALIDATOR_STAKE = 1000.0
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+CHAOS_FIRST_EPOCH = 30.0  # s: epoch 1's length as assumed to time its kill (none measured yet)
+RESTART_DELAY = 1.0  # s from a kill to the restart (about what pm2 or systemd take)
+ORPHAN_CHECK_DELAY = 10.0  # s after a kill: the dead miner's descendants still alive are orphans
+STALL_TIMEOUT = 180.0  # s with no honest miner reaching the next epoch: that epoch stalled
+# (a miner waits up to --averaging.round_wait 120 s for a round, which then takes up to
+# --averaging.allreduce_timeout 60 s; longer than both together is no longer a retry)
 
 
 @dataclass
@@ -40,6 +49,8 @@ class Child:
     role: str
     proc: subprocess.Popen
     log: Path
+    flags: list[str] = field(default_factory=list)  # the command line, to restart it as it was
+    killed: bool = False  # killed on purpose (chaos): its exit is not a crash
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -119,8 +130,8 @@ class LocalNet:
               else []),
         ]
 
-    def spawn(self, name: str, role: str, flags: list[str]) -> Child:
-        log = self.workdir / "logs" / f"{name}.out"
+    def spawn(self, name: str, role: str, flags: list[str], *, log_name: str = "") -> Child:
+        log = self.workdir / "logs" / (log_name or f"{name}.out")
         log.parent.mkdir(parents=True, exist_ok=True)
         entry = REPO / "neurons" / f"{role}.py"
         env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true",
@@ -131,12 +142,21 @@ class LocalNet:
             proc = subprocess.Popen([sys.executable, str(entry), *flags], stdout=out,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     preexec_fn=die_with_parent)
-        child = Child(name, role, proc, log)
+        child = Child(name, role, proc, log, flags=list(flags))
         self.children.append(child)
         return child
 
+    def restart(self, child: Child) -> Child:
+        """Start `child` again with the same command line, logging to a fresh
+        `<name>.restartN.out`. The old entry stays in `children` (mark it `killed` first if
+        its death was on purpose, so `crashed` does not report it)."""
+        runs = sum(c.name == child.name for c in self.children)
+        return self.spawn(child.name, child.role, child.flags,
+                          log_name=f"{child.name}.restart{runs}.out")
+
     def crashed(self) -> Child | None:
-        return next((c for c in self.children if c.proc.poll() not in (None, 0)), None)
+        return next((c for c in self.children
+                     if not c.killed and c.proc.poll() not in (None, 0)), None)
 
     def stop_all(self, timeout: float = 20.0) -> None:
         """SIGTERM each child's process group, then SIGKILL what is left after `timeout`.
@@ -147,10 +167,13 @@ class LocalNet:
         previous = {sig: signal.signal(sig, signal.SIG_IGN)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            for child in self.children:
+            # A child killed on purpose was reaped then, its processes by PID (`reap_orphans`):
+            # its PID may since belong to another process, so it is not signalled again.
+            live = [c for c in self.children if not c.killed]
+            for child in live:
                 _signal_group(child.proc, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            for child in self.children:
+            for child in live:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 _signal_group(child.proc, signal.SIGKILL)  # helpers of an exited child too
@@ -203,7 +226,16 @@ def parse_args(argv: list[str] | None = None, *, description: str = "") -> argpa
     p.add_argument("--demo_pages", type=int, default=0, help="cap demo shard pages (0 = all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--timeout", type=float, default=900.0, help="give up after this many s")
+    p.add_argument("--chaos", action="store_true",
+                   help="kill a random honest miner (SIGKILL) at a random moment of some epochs "
+                        "and restart it; the summary reports kills, recoveries, missed epochs "
+                        "and stalls")
+    p.add_argument("--chaos_rate", type=float, default=0.5,
+                   help="with --chaos: the chance that an epoch gets a kill")
+    p.add_argument("--chaos_seed", type=int, default=0, help="with --chaos: seed of the draws")
     args = p.parse_args(argv)
+    if not 0.0 <= args.chaos_rate <= 1.0:
+        p.error("--chaos_rate: must be between 0 and 1")
     kinds = [k for k in args.cheaters.split(",") if k]
     bad = [k for k in kinds if k not in ADVERSARIES]
     if bad:
@@ -239,6 +271,163 @@ def epoch_rows(miner_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def load_rows(miner_dir: Path) -> list[dict]:
+    """The lines a miner appended to `loads.jsonl`, one each time it loaded state (from a peer
+    or a checkpoint): `{"epoch", "source", "time"}`."""
+    path = miner_dir / "loads.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def epochs_done(miner_dir: Path) -> int:
-    """Epochs a miner completed."""
-    return max((row["epoch"] for row in epoch_rows(miner_dir)), default=0)
+    """The newest epoch a miner reached: by its own step (`epochs.jsonl`) or by loading the
+    state of a peer or a checkpoint (`loads.jsonl`; a restarted or late miner catches up so)."""
+    rows = [*epoch_rows(miner_dir), *load_rows(miner_dir)]
+    return max((row["epoch"] for row in rows), default=0)
+
+
+@dataclass
+class Kill:
+    """One chaos kill and what followed it."""
+
+    miner: str
+    epoch: int  # the step in progress (the one that makes epoch-N, as in the summary)
+    at: float  # wall-clock time of the SIGKILL
+    reached: int  # the swarm's newest epoch then: recovered once the restart is back there
+    restart: Child
+    descendants: list[psutil.Process]  # the killed miner's processes (DHT, averager, p2pd)
+    recovered_at: float | None = None
+    orphans: int | None = None
+
+
+@dataclass
+class Chaos:
+    """Kill a random honest miner with SIGKILL (by PID) at a random moment of some epochs,
+    restart it with the same command line, and keep the figures the summary reports.
+
+    The launcher's watch loop calls :meth:`tick` with the newest epoch any honest miner reached.
+    When step N (1..``--epochs``) begins, one draw decides whether a kill comes in it (chance
+    ``rate``) and one when: a uniform moment of a step as long as the previous one
+    (:data:`CHAOS_FIRST_EPOCH` for the first). One kill is pending at a time; a kill due after
+    its step ended lands in the next. Victims are honest miners that recovered from any earlier
+    kill. Raise ``rate`` for more faults; a fixed ``seed`` repeats the draws.
+    """
+
+    net: LocalNet
+    rate: float
+    seed: int
+    started: float = field(default_factory=time.time)
+    kills: list[Kill] = field(default_factory=list)
+    epoch_seconds: dict[int, float] = field(default_factory=dict)
+    stalls: dict[int, float] = field(default_factory=dict)  # step -> s it has waited so far
+    _begun: dict[int, float] = field(default_factory=dict)
+    _due: float | None = None
+    _rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def tick(self, front: int) -> list[str]:
+        """Advance: time epochs, note stalls, kill and restart when due, follow recoveries.
+        Returns one line per kill, for the launcher to print."""
+        now, events = time.time(), []
+        last = self.net.args.epochs
+        if front < last:
+            step = front + 1
+            if step not in self._begun:
+                self._begin(step, now)
+            if now - self._begun[step] > STALL_TIMEOUT:
+                self.stalls[step] = now - self._begun[step]
+            if self._due is not None and now >= self._due:
+                self._due = None
+                events += self._kill(step, front, now)
+        else:
+            self._due = None
+            if last in self._begun and last not in self.epoch_seconds:
+                self.epoch_seconds[last] = now - self._begun[last]
+        self._follow(now)
+        return events
+
+    def _begin(self, step: int, now: float) -> None:
+        if step - 1 in self._begun:
+            self.epoch_seconds[step - 1] = now - self._begun[step - 1]
+        self._begun[step] = now
+        hit, moment = self._rng.random(), self._rng.random()
+        if hit < self.rate and self._due is None:
+            self._due = now + moment * self.epoch_seconds.get(step - 1, CHAOS_FIRST_EPOCH)
+
+    def _kill(self, step: int, front: int, now: float) -> list[str]:
+        recovering = {k.miner for k in self.kills if k.recovered_at is None}
+        alive = [c for c in self.net.children if c.role == "miner" and c.name in self.net.miners
+                 and not c.killed and c.proc.poll() is None and c.name not in recovering]
+        if not alive:
+            return []
+        victim = self._rng.choice(sorted(alive, key=lambda c: c.name))
+        try:
+            descendants = psutil.Process(victim.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        victim.killed = True
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait()
+        time.sleep(RESTART_DELAY)
+        restart = self.net.restart(victim)
+        self.kills.append(Kill(victim.name, step, now, front, restart, descendants))
+        return [f"chaos: killed {victim.name} (pid {victim.proc.pid}) in epoch {step}; "
+                f"restarted as pid {restart.proc.pid}, log {restart.log}"]
+
+    def _follow(self, now: float) -> None:
+        for kill in self.kills:
+            if kill.recovered_at is None:
+                miner_dir = self.net.workdir / "miners" / kill.miner
+                rows = [*epoch_rows(miner_dir), *load_rows(miner_dir)]
+                kill.recovered_at = min((r["time"] for r in rows if r["time"] > kill.at
+                                         and r["epoch"] >= kill.reached), default=None)
+            if kill.orphans is None and now - kill.at >= ORPHAN_CHECK_DELAY:
+                kill.orphans = reap_orphans(kill.descendants)
+
+    def finish(self) -> None:
+        """Before the launcher stops everything: last recovery check, orphans counted and
+        killed for kills younger than :data:`ORPHAN_CHECK_DELAY`."""
+        self._follow(time.time())
+        for kill in self.kills:
+            if kill.orphans is None:
+                kill.orphans = reap_orphans(kill.descendants)
+
+    def report(self) -> dict:
+        """The summary's `chaos` object (docs/local-devnet.md)."""
+        last = self.net.args.epochs
+        missed = {}
+        for name in sorted({k.miner for k in self.kills}):
+            stepped = {r["epoch"] for r in epoch_rows(self.net.workdir / "miners" / name)}
+            missed[name] = [n for n in range(1, last + 1) if n not in stepped]
+        return {
+            "seed": self.seed, "rate": self.rate, "kills": len(self.kills),
+            "recoveries": sum(k.recovered_at is not None for k in self.kills),
+            "events": [{"miner": k.miner, "epoch": k.epoch, "at": round(k.at - self.started, 1),
+                        "recovered_after": None if k.recovered_at is None
+                        else round(k.recovered_at - k.at, 1),
+                        "orphans": k.orphans, "log": k.restart.log.name} for k in self.kills],
+            "missed_epochs": missed,
+            "epoch_seconds": {str(n): round(s, 1) for n, s in sorted(self.epoch_seconds.items())},
+            "stalls": [{"epoch": n, "seconds": round(s, 1)}
+                       for n, s in sorted(self.stalls.items())],
+        }
+
+
+def reap_orphans(processes: list[psutil.Process]) -> int:
+    """SIGKILL those of `processes` still running (psutil checks each is the same process, not
+    a reused PID) and wait up to 5 s for them to go; return how many there were."""
+    alive = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5.0)
+    return len(alive)

@@ -285,6 +285,7 @@ class Miner:
             logger.warning("rejected a peer's state: %s", err)
             return False
         logger.info("loaded state from a peer at epoch %d", self.epoch)
+        self._record_load("peer")
         return True
 
     def shared_state(self) -> tuple[dict[str, Any], list[torch.Tensor]]:
@@ -342,6 +343,16 @@ class Miner:
             self.epoch = epoch
         logger.info("loaded checkpoint epoch-%d (hash %s)", epoch,
                     str(ckpt.manifest.get("parameter_hash", ""))[:12])
+        self._record_load("checkpoint")
+
+    def _record_load(self, source: str) -> None:
+        """Append `{"epoch", "source", "time"}` to `<workdir>/loads.jsonl`: the launcher counts
+        an epoch reached by loading state (restart, late join) as done (`epochs_done`)."""
+        path = Path(self.cfg.neuron.workdir).expanduser() / "loads.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = {"epoch": self.epoch, "source": source, "time": time.time()}
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def swarm_state(self) -> SwarmState:
         return self.read_state()
