@@ -27,6 +27,8 @@ from template.chain.identity import (
 )
 from template.config import DHTConfig
 
+pytestmark = pytest.mark.multiprocess
+
 RUN = "test-admission"
 PEER = "12D3KooWKzGC1CRXAGhYQDXK8f1Y8DfQyK2jS295nt5adDvBwx1K"
 HONEST = "5" + "H" * 47

@@ -22,6 +22,8 @@ from hivemind_utils.averaging import SwarmAverager, epoch_group_bits
 from hivemind_utils.dht import start_dht, visible_maddrs
 from template.config import AveragingConfig, DHTConfig
 
+pytestmark = pytest.mark.multiprocess
+
 SHAPES = [(257,), (16, 33), (5,)]
 # clip_factor 0: these tests compare with hivemind's plain weighted mean (tests/test_robust.py
 # covers the default clipped reduction)

@@ -19,6 +19,8 @@ from template.proof import SKETCH_DIMS
 from template.protocol import MAX_BATCHES, AllReduce
 from template.validator.allreduce_round import ContributionRules, judge_contributions
 
+pytestmark = pytest.mark.multiprocess
+
 SHAPES = [(40_000,), (100, 1000), (3000,)]
 TOTAL = sum(torch.Size(s).numel() for s in SHAPES)
 FAST = AveragingConfig(matchmaking_time=2.0, request_timeout=1.0, min_group_size=2,

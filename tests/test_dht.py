@@ -15,6 +15,8 @@ from hivemind_utils.identity import (
 )
 from template.config import DHTConfig, WalletConfig
 
+pytestmark = pytest.mark.multiprocess
+
 RUN = "test-dht"
 
 

@@ -23,6 +23,8 @@ from template.chain.local import LocalChain
 from template.chain.wallets import create_wallet
 from template.config import DHTConfig
 
+pytestmark = pytest.mark.multiprocess
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "inspect_dht.py"
 RUN = "inspect-run"
 HONEST = [(1, 10), (1, 20), (0, 99)]  # (epoch, samples) of the three bound miners

@@ -20,6 +20,8 @@ from hivemind_utils.swarm_state import (
 )
 from template.config import DHTConfig
 
+pytestmark = pytest.mark.multiprocess
+
 RUN = "test-records"
 HOTKEY = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 LOOPBACK = dict(host_maddrs=["/ip4/127.0.0.1/tcp/0"], use_relay=False, use_auto_relay=False,

@@ -15,6 +15,8 @@ from hivemind_utils.averaging import SwarmAverager
 from hivemind_utils.robust import WEIGHT_CAP, centered_clip
 from tests.test_averaging import FAST, PART, SHAPES, _run_round, _shutdown, dhts  # noqa: F401
 
+pytestmark = pytest.mark.multiprocess
+
 FACTOR = 4.0
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from template.localnet import Child, LocalNet, parse_args
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 UP_TIMEOUT = 45.0  # s for a neuron to import, build and log its "uid ..." line on 2 cores
 STOP_TIMEOUT = 15.0  # --neuron.stop_timeout given to the neurons under test
 

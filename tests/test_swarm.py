@@ -40,7 +40,7 @@ from template.training import (
 )
 
 # Launcher gives up at 500 s (clean stop, exit 1); the subprocess at 600 s; pytest at 800 s.
-pytestmark = pytest.mark.timeout(800)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(800)]
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--demo_pages", "200", "--seq_len", "64", "--batch_size", "4",
          "--pages_per_epoch", "2", "--matchmaking_time", "4"]

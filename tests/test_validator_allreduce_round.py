@@ -35,6 +35,8 @@ from template.validator.allreduce_round import (
 )
 from template.validator.epoch import EpochRecord, epoch_scores
 
+pytestmark = pytest.mark.multiprocess
+
 P = ["QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
      "QmQ7TnVMMwpLuoyGMqNg8o3sKMKZt8DmTB1Eo3BtNE4W7Z",
      "QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
