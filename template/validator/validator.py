@@ -118,6 +118,11 @@ class Validator:
             check_batches=cfg.validator.check_batches, fingerprint_tolerance=self.tolerance)
         self.rate_limit = weights_mod.chain_rate_limit(self.chain)
         self._next_train = 0.0
+        self._sampling: asyncio.Task | None = None
+        """The background Train round on a sample of miners, while it runs."""
+        self._sampled: set[int] = set()
+        self._reference_in_use = asyncio.Lock()
+        """One Train round at a time: each recomputes gradients on the reference model."""
         self._samples_seen, self._samples_changed = -1, time.monotonic()
         self._dendrite: bt.Dendrite | None = None
         self._proofs: dict[tuple[int, int], tuple[tuple[float, ...], ...]] = {}
@@ -145,6 +150,7 @@ class Validator:
                     break
                 await self._pause(self.cfg.validator.poll_interval)
         finally:
+            await self._sampling_done()
             await self._dendrite.aclose_session()
             self._dendrite = None
 
@@ -176,6 +182,8 @@ class Validator:
             self._collect(swarm.global_epoch)
             record = self.state.current
             assert record is not None
+            if self.reference.epoch != record.epoch:
+                await self._sampling_done()  # never swap the weights under a running check
             if self.reference.ensure(record.epoch):
                 if not record.allreduce_done and self._ready(swarm):
                     await self._allreduce(graph, swarm, record)  # Train checks run alongside
@@ -275,9 +283,10 @@ class Validator:
                      uids: list[int]) -> dict[int, TrainVerdict]:
         """A Train round on ``uids`` for ``record.epoch``; results go into the record."""
         assert self._dendrite is not None
-        verdicts = await train_round(dendrite=self._dendrite, graph=graph, uids=uids,
-                                     ctx=self._context(record.epoch), rng=self.rng,
-                                     timeout=self.cfg.validator.query_timeout)
+        async with self._reference_in_use:  # recomputation runs on the reference's .grad
+            verdicts = await train_round(dendrite=self._dendrite, graph=graph, uids=uids,
+                                         ctx=self._context(record.epoch), rng=self.rng,
+                                         timeout=self.cfg.validator.query_timeout)
         for uid, verdict in verdicts.items():
             if not verdict.verifiable:
                 continue  # our own data is damaged (logged): no score either way
@@ -297,13 +306,26 @@ class Validator:
         return verdicts
 
     async def _maybe_train_round(self, graph: Any, record: EpochRecord) -> None:
+        """Start a Train round on a sample of miners in the background (the loop keeps
+        watching the swarm meanwhile, so a due AllReduce never waits behind it)."""
+        if self._sampling is not None:
+            if not self._sampling.done():
+                return
+            await self._sampling_done()  # a failure surfaces here, as if it had been awaited
         if time.monotonic() < self._next_train:
             return
         self._next_train = time.monotonic() + self.cfg.validator.train_interval
         uids = sample_uids(graph, count=self.cfg.validator.sample_size, rng=self.rng,
                            exclude=[self.uid] if self.uid is not None else [])
         if uids:
-            await self.verify(graph, record, uids)
+            self._sampled = set(uids)
+            self._sampling = asyncio.create_task(self.verify(graph, record, uids))
+
+    async def _sampling_done(self) -> None:
+        """Wait for the background Train round, if one runs (its exception propagates)."""
+        task, self._sampling = self._sampling, None
+        if task is not None:
+            await task
 
     async def _allreduce(self, graph: Any, swarm: SwarmState,
                          record: EpochRecord) -> AllReduceOutcome | None:
@@ -316,8 +338,11 @@ class Validator:
         peer_of = {peer: uid for uid, peer in bindings.items()}
         reported = {peer_of[p.peer_id]: p.samples for p in swarm.peers
                     if p.epoch == swarm.global_epoch and p.peer_id in peer_of}
-        unverified = [u for u in uids if u not in record.train
-                      or record.train[u].verified_samples < reported.get(u, 0)]
+        sampling = self._sampling if self._sampling is not None and not self._sampling.done() \
+            else None
+        unverified = [u for u in uids if (u not in record.train
+                      or record.train[u].verified_samples < reported.get(u, 0))
+                      and not (sampling is not None and u in self._sampled)]
         # Proof of the epoch's work, checked while the round runs: the verdicts decide pay, not
         # who averages, so miners never wait for them (they are needed to judge contributions).
         verifying = (asyncio.create_task(self.verify(graph, record, unverified))
@@ -327,6 +352,8 @@ class Validator:
         async def rules() -> ContributionRules:
             if verifying is not None:
                 await verifying
+            if sampling is not None:
+                await self._sampling_done()
             return self._contribution_rules(record.epoch)
 
         assert self._dendrite is not None
