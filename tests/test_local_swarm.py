@@ -6,25 +6,19 @@ summary it writes. The launcher stops every process it started (each in its own 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from template import localnet
-from template.localnet import Chaos, Child, die_with_parent
+from template.localnet import die_with_parent
 from template.model import fingerprint_distance
 
 # Launcher gives up at 700 s (clean stop, exit 1); the subprocess at 900 s; pytest at 1000 s.
-pytestmark = pytest.mark.timeout(1000)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1000)]
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--demo_pages", "200", "--seq_len", "64", "--batch_size", "4",
          "--pages_per_epoch", "4", "--matchmaking_time", "4", "--timeout", "700"]
@@ -69,25 +63,12 @@ def test_honest_subnet_trains_agrees_checkpoints_and_sets_weights(tmp_path):
         assert summary["incentive"][uid] > 0
 
 
-def test_cheaters_end_with_the_least_weight(tmp_path):
-    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "2",
-                       "--cheaters", "random-gradient,no-show")
-    assert summary["ok"]
-    weights = {u: summary["weights"].get(u, 0.0) for u in summary["roles"]
-               if summary["roles"][u].startswith(("miner", "cheater"))}
-    cheaters = set(summary["cheaters"])
-    honest = honest_uids(summary)
-    assert max(weights[u] for u in cheaters) < min(weights[u] for u in honest)
-    assert sum(weights[u] for u in cheaters) < 0.05
-    for entry in summary["epochs"]:  # no false positive: honest miners score in every round
-        assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
-
-
 def test_every_red_team_mode_earns_less_than_every_honest_miner(tmp_path):
-    """lazy, copycat and slow-link here (random-gradient and no-show above): together they
-    get under 5% of the weight, and no honest miner scores zero in any round."""
+    """random-gradient, no-show, lazy, copycat and slow-link in one swarm with 3 honest miners:
+    each earns less than every honest miner, together they get under 5% of the weight, and no
+    honest miner scores zero in any round (no false positive)."""
     summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "3",
-                       "--cheaters", "lazy,copycat,slow-link")
+                       "--cheaters", "random-gradient,no-show,lazy,copycat,slow-link")
     assert summary["ok"]
     cheaters, honest = set(summary["cheaters"]), honest_uids(summary)
     weights = {u: summary["weights"].get(u, 0.0) for u in [*cheaters, *honest]}
@@ -115,59 +96,44 @@ def test_miners_that_put_something_else_into_the_all_reduce_are_not_paid(tmp_pat
         assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
 
 
-def test_a_checkpoint_forger_wins_the_tag_but_not_the_epoch_or_the_pay(tmp_path):
-    """Before every round the forger pushes other weights as epoch-(e+1), signed with its own
-    hotkey (noise, rescaled or un-stepped weights, drawn at random each epoch), so it always
-    wins the race for the tag. The round's pusher stores the round's weights as a candidate;
-    the validator measures against that one, gates the signer of the forgery, and verifies the
-    next epoch's Train answers at the honest weights: honest miners are paid every round."""
-    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "3",
-                       "--cheaters", "forger")
-    assert summary["ok"]
-    cheaters, honest = set(summary["cheaters"]), honest_uids(summary)
-    weights = {u: summary["weights"].get(u, 0.0) for u in [*cheaters, *honest]}
-    assert max(weights[u] for u in cheaters) < min(weights[u] for u in honest), weights
-    losses = [e["loss"] for e in summary["epochs"]]
-    assert losses == sorted(losses, reverse=True), losses
-    for entry in summary["epochs"]:
-        tag = f"epoch-{entry['epoch']}"
-        assert tag in entry["rejected_checkpoints"], entry  # the forgery held the tag
-        assert entry["checkpoint_tag"].startswith(f"{tag}-"), entry  # the round's candidate
-        for uid in honest:
-            assert fingerprint_distance(entry["fingerprints"][uid], entry[
-                "canonical_fingerprint"]) < entry["fingerprint_tolerance"]
-        assert all(entry["round_scores"].get(u, 0) == 0 for u in cheaters), entry["round_scores"]
-        assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
+def test_checkpoint_forgers_and_miners_paid_without_contributing_gain_nothing(tmp_path):
+    """Four cheaters beside 3 honest miners, 3 epochs.
 
-
-def test_miners_paid_without_contributing_gain_nothing(tmp_path):
-    """`unbound` trains and answers Train but binds no PeerID and never averages: zero every
-    round. `vanisher` works one epoch and exits: paid for that round, nothing after, and its
-    moving average decays below every honest miner's. `padder` pads every all-reduce message
-    with 1-3x junk: bandwidth counts decoded tensor bytes, so it earns what an honest miner
-    earns, within noise (counting wire bytes gave it bandwidth 1.0 and +18% weight)."""
+    `forger`: before every round pushes other weights as epoch-(e+1), signed with its own
+    hotkey (noise, rescaled or un-stepped, drawn each epoch), so it always wins the race for the
+    tag; the round's pusher stores the round's weights as a candidate, the validator measures
+    against that one and gates the forgery's signer, and the next epoch's Train answers are
+    checked at the honest weights. `unbound`: trains and answers Train but binds no PeerID and
+    never averages. `vanisher`: works one epoch and exits; its moving average decays below
+    every honest miner's. `padder`: pads every all-reduce message with 1-3x junk; bandwidth
+    counts decoded tensor bytes, so it earns what an honest miner earns, within noise (counting
+    wire bytes gave it bandwidth 1.0 and +18% weight)."""
     summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "3",
-                       "--cheaters", "unbound,vanisher,padder")
+                       "--cheaters", "forger,unbound,vanisher,padder")
     assert summary["ok"]
-    kind = {u: k for u, k in summary["cheaters"].items()}
-    uid = {k: u for u, k in kind.items()}
+    uid = {k: u for u, k in summary["cheaters"].items()}
     honest = honest_uids(summary)
     scores = summary["scores"]
-    total = {u: scores.get(u, {}).get("total", 0.0) for u in [*kind, *honest]}
+    total = {u: scores.get(u, {}).get("total", 0.0) for u in [*uid.values(), *honest]}
     losses = [e["loss"] for e in summary["epochs"]]
     assert losses == sorted(losses, reverse=True), losses
     for entry in summary["epochs"]:
-        rounds = entry["round_scores"]
+        rounds, tag = entry["round_scores"], f"epoch-{entry['epoch']}"
         assert all(rounds.get(u, 0) > 0 for u in honest), rounds
-        assert rounds.get(uid["unbound"], 0) == 0, rounds
+        assert rounds.get(uid["forger"], 0) == 0 and rounds.get(uid["unbound"], 0) == 0, rounds
         if entry["epoch"] > 1:
             assert rounds.get(uid["vanisher"], 0) == 0, rounds
+        assert tag in entry["rejected_checkpoints"], entry  # the forgery held the tag
+        assert entry["checkpoint_tag"].startswith(f"{tag}-"), entry  # the round's candidate
+        for u in honest:
+            assert fingerprint_distance(entry["fingerprints"][u], entry[
+                "canonical_fingerprint"]) < entry["fingerprint_tolerance"]
     assert summary["epochs"][0]["round_scores"].get(uid["vanisher"], 0) > 0
-    assert total[uid["unbound"]] == 0
+    assert total[uid["forger"]] == total[uid["unbound"]] == 0, total
     assert total[uid["vanisher"]] < min(total[u] for u in honest), total
     # Honest work is paid like honest work; what padding must not buy is the 2-4x throughput
     # that counting wire bytes would show (run-to-run noise between honest miners is ~10-20%).
-    assert total[uid["padder"]] <= 1.1 * max(total[u] for u in honest), total
+    assert total[uid["padder"]] <= 1.15 * max(total[u] for u in honest), total
     bandwidth = {u: scores[u].get("bandwidth", 0.0) for u in [uid["padder"], *honest]}
     assert bandwidth[uid["padder"]] <= 1.25 * max(bandwidth[u] for u in honest), bandwidth
 
@@ -220,85 +186,3 @@ def test_chaos_killed_miners_restart_catch_up_and_the_swarm_agrees(tmp_path):
         for uid, fp in entry["fingerprints"].items():
             distance = fingerprint_distance(fp, entry["canonical_fingerprint"])
             assert distance < entry["fingerprint_tolerance"], (entry["epoch"], uid, distance)
-
-
-class _SleepNet:
-    """What `Chaos` uses of a `LocalNet`, with stand-in miners: each a process with a child of
-    its own that does not die with it (so a kill leaves one orphan to find)."""
-
-    def __init__(self, workdir: Path, *, epochs: int):
-        self.workdir, self.args = workdir, argparse.Namespace(epochs=epochs)
-        self.miners = ["miner1", "miner2"]
-        self.children = [self._spawn(name) for name in self.miners]
-
-    def _spawn(self, name: str) -> Child:
-        code = "import subprocess, time; subprocess.Popen(['sleep', '120']); time.sleep(120)"
-        proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-        deadline = time.monotonic() + 20
-        while not psutil.Process(proc.pid).children() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return Child(name, "miner", proc, self.workdir / f"{name}.out")
-
-    def restart(self, child: Child) -> Child:
-        new = self._spawn(child.name)
-        self.children.append(new)
-        return new
-
-
-def _append_row(miner_dir: Path, file: str, epoch: int) -> None:
-    miner_dir.mkdir(parents=True, exist_ok=True)
-    with (miner_dir / file).open("a") as f:
-        f.write(json.dumps({"epoch": epoch, "time": time.time()}) + "\n")
-
-
-def test_chaos_kills_restarts_and_reports_orphans_recoveries_missed_epochs_and_stalls(
-        tmp_path, monkeypatch):
-    monkeypatch.setattr(localnet, "CHAOS_FIRST_EPOCH", 0.0)  # epoch 1's kill is due at once
-    monkeypatch.setattr(localnet, "RESTART_DELAY", 0.0)
-    monkeypatch.setattr(localnet, "ORPHAN_CHECK_DELAY", 0.0)
-    monkeypatch.setattr(localnet, "STALL_TIMEOUT", 0.3)
-    net = _SleepNet(tmp_path, epochs=2)
-    try:
-        chaos = Chaos(net, rate=1.0, seed=3)
-        events = chaos.tick(0)
-        assert len(events) == 1 and "killed" in events[0], events
-        chaos.rate = 0.0  # no further kills: the rest checks what follows this one
-        kill = chaos.kills[0]
-        victim = next(c for c in net.children if c.killed)
-        assert victim.proc.returncode == -signal.SIGKILL and victim.name == kill.miner
-        assert kill.restart.proc.poll() is None and kill.restart in net.children
-        assert kill.orphans == 1  # its `sleep` outlived it; now killed by PID
-        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-                       for p in kill.descendants)
-        other = next(m for m in net.miners if m != kill.miner)
-        assert chaos.report()["recoveries"] == 0
-        _append_row(tmp_path / "miners" / other, "epochs.jsonl", 1)
-        _append_row(tmp_path / "miners" / kill.miner, "loads.jsonl", 1)  # caught up
-        assert localnet.epochs_done(tmp_path / "miners" / kill.miner) == 1
-        chaos.tick(1)
-        time.sleep(0.4)
-        chaos.tick(1)  # epoch 2 has waited past STALL_TIMEOUT
-        for name in net.miners:
-            _append_row(tmp_path / "miners" / name, "epochs.jsonl", 2)
-        chaos.tick(2)
-        chaos.finish()
-        report = chaos.report()
-        assert report["kills"] == report["recoveries"] == 1, report
-        assert report["missed_epochs"] == {kill.miner: [1]}, report
-        assert [s["epoch"] for s in report["stalls"]] == [2], report
-        assert sorted(report["epoch_seconds"]) == ["1", "2"], report
-        assert report["events"][0]["epoch"] == 1 and report["events"][0]["orphans"] == 1
-    finally:
-        for child in net.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.proc.pid, signal.SIGKILL)
-            child.proc.wait()
-
-
-def test_epochs_done_counts_epochs_reached_by_loading_state(tmp_path):
-    assert localnet.epochs_done(tmp_path) == 0
-    _append_row(tmp_path, "epochs.jsonl", 1)
-    _append_row(tmp_path, "loads.jsonl", 3)  # restarted, then loaded a peer's state at epoch 3
-    assert localnet.epochs_done(tmp_path) == 3
-    _append_row(tmp_path, "epochs.jsonl", 4)
-    assert localnet.epochs_done(tmp_path) == 4
