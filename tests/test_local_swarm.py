@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from template.localnet import die_with_parent
+from hivemind_utils.dht import start_dht
+from hivemind_utils.swarm_state import ProgressReporter
+from template.config import DHTConfig
+from template.localnet import RUN_ID, die_with_parent
 from template.model import fingerprint_distance
 
 # Launcher gives up at 700 s (clean stop, exit 1); the subprocess at 900 s; pytest at 1000 s.
@@ -42,9 +47,61 @@ def honest_uids(summary: dict) -> list[str]:
             if name.startswith("miner") and u not in summary["cheaters"]]
 
 
+class RecordForger:
+    """Two DHT nodes of an outsider that, for the whole run, publish progress records signed by
+    keys of their own (valid signatures, bound to no hotkey): far-future and next epochs,
+    10^12 samples, finished flags, some naming an honest miner's hotkey."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.stop, self.stored = workdir, threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        peers = self.workdir / "initial_peers.txt"
+        while not self.stop.is_set() and not peers.exists():
+            self.stop.wait(0.2)
+        if self.stop.is_set():
+            return
+        nodes = [start_dht(DHTConfig(), run_id=RUN_ID,
+                           initial_peers=peers.read_text().split()) for _ in range(2)]
+        rng = random.Random(11)
+        try:
+            while not self.stop.is_set():
+                for node in nodes:
+                    hotkey = rng.choice([_some_miner_hotkey(self.workdir), "5" + "F" * 47])
+                    self.stored += ProgressReporter(dht=node, hotkey=hotkey, expiration=5).report(
+                        epoch=rng.choice([10**9, 10**6, rng.randrange(1, 4)]),
+                        samples=rng.choice([10**12, 10**6, 64]), tokens_per_second=1e9,
+                        finished=rng.random() < 0.5)
+                self.stop.wait(1.0)
+        finally:
+            for node in nodes:
+                node.shutdown()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def _some_miner_hotkey(workdir: Path) -> str:
+    keys = sorted((workdir / "wallets").glob("miner*/hotkeys/default"))
+    return json.loads(keys[0].read_text())["ss58Address"] if keys else "5" + "H" * 47
+
+
 def test_honest_subnet_trains_agrees_checkpoints_and_sets_weights(tmp_path):
-    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "2")
+    """The honest run, while an outsider floods the DHT with validly signed but unbound
+    progress records claiming any epoch and sample count: no epoch is lost or skipped, and the
+    validator never records an epoch the swarm did not reach."""
+    forger = RecordForger(tmp_path)
+    try:
+        summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "2")
+    finally:
+        forger.close()
+    assert forger.stored > 10, forger.stored  # the forged records were there throughout
     assert summary["ok"]
+    state = json.loads(next((tmp_path / "validators").glob("*/validator-*.json")).read_text())
+    assert state["last_epoch"] == 1 and sorted(state["history"]) == ["0", "1"], state["history"]
     epochs = summary["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert epochs[-1]["loss"] < epochs[0]["loss"]
