@@ -292,3 +292,20 @@ def test_a_tampered_contribution_scores_zero_for_the_epoch_and_survives_a_restar
     again = EpochRecord.from_json(record.to_json())
     assert again.tampered == record.tampered
     assert epoch_scores(again, tolerance=1e-3) == scores
+
+
+def test_the_validator_log_names_the_gate_that_zeroed_each_uid():
+    from template.validator.epoch import EpochRecord, TrainResult, explain_scores
+
+    fast = PeerTransfer(bytes_received=10**6, seconds=1.0, failed=False, banned=False)
+    record = EpochRecord(epoch=2, train={u: TrainResult(1.0, 32.0) for u in (1, 2, 3, 4)}
+                         | {5: TrainResult(0.0, 0.0)})
+    record.add_allreduce(participants=[1, 2, 3, 5], transfers={u: fast for u in (1, 2, 3, 5)},
+                         drift={1: 0.0, 2: 0.0, 3: 0.5, 5: 0.0}, observed=True,
+                         consensus_checked=True, tampered={2: "declared 5x its samples"})
+    lines = explain_scores(record, tolerance=1e-3)
+    assert "zeroed" not in lines[1] and lines[1].startswith("gradient 1.00 steps 1.00")
+    assert lines[2].endswith("(zeroed: contribution tampered: declared 5x its samples)")
+    assert "(zeroed: consensus: fingerprint 0.5 from the reference > 0.001)" in lines[3]
+    assert "took no part in the round" in lines[4]  # Train-verified, never averaged
+    assert "work: failed every Train check" in lines[5]

@@ -474,8 +474,14 @@ class Miner:
 
     def _record_epoch(self, epoch: int, result: AveragingResult, fp: list[float], lr: float,
                       grad_norm: float | None) -> None:
-        """Append one line per epoch to `<workdir>/epochs.jsonl` (read by the local launcher)."""
+        """Log the epoch's round in one line; append it to `<workdir>/epochs.jsonl` (read by the
+        local launcher)."""
         work = self.ledger.get(epoch)
+        logger.info("epoch %d: averaged with %d peers in %.2f s (sent %.1f MB, received %.1f MB)"
+                    ", stepped at lr %.3g to epoch %d; %.0f s training, %.0f s waiting for the "
+                    "round", epoch, len(result.participants), result.allreduce_seconds,
+                    result.bytes_sent / 1e6, result.bytes_received / 1e6, lr, epoch + 1,
+                    self.phases.get("train_seconds", 0.0), self.phases.get("wait_seconds", 0.0))
         line = {
             "epoch": epoch + 1, "uid": self.uid, "peer_id": self.peer_id,
             "loss": work.mean_loss if work else None, "samples": work.samples if work else 0,

@@ -20,6 +20,7 @@ from template.validator.scoring import (
     PeerTransfer,
     ScoreWeights,
     bandwidth_scores,
+    consensus_ok,
     round_scores,
     steps_scores,
     stragglers,
@@ -164,3 +165,34 @@ def epoch_scores(record: EpochRecord, *, tolerance: float,
     c = epoch_components(record)
     return round_scores(gradient=c.gradient, steps=c.steps, bandwidth=c.bandwidth,
                         drift=c.drift, tolerance=tolerance, weights=weights, slow=c.slow)
+
+
+def explain_scores(record: EpochRecord, *, tolerance: float) -> dict[int, str]:
+    """One line per uid the epoch saw: its components and, when a gate zeroed it, which gate
+    and why, in the order :func:`~template.validator.scoring.round_scores` applies them. For
+    the validator's log; pure."""
+    c = epoch_components(record)
+    scores = epoch_scores(record, tolerance=tolerance)
+    out = {}
+    for uid in sorted(scores):
+        parts = (f"gradient {c.gradient.get(uid, 0.0):.2f} steps {c.steps.get(uid, 0.0):.2f} "
+                 f"bandwidth {c.bandwidth.get(uid, 0.0):.2f}")
+        out[uid] = f"{parts} -> {scores[uid]:.3f}" + (
+            f" (zeroed: {_zeroed_by(uid, record, c, tolerance)})" if scores[uid] == 0 else "")
+    return out
+
+
+def _zeroed_by(uid: int, record: EpochRecord, c: EpochComponents, tolerance: float) -> str:
+    if uid in record.tampered:
+        return f"contribution tampered: {record.tampered[uid]}"
+    if uid in c.slow:
+        return "straggler: observed under the straggler fraction of the median throughput"
+    if uid in c.drift:
+        distance = c.drift[uid]
+        if distance is None:
+            return "took no part in the round it was paid for (no post-step fingerprint)"
+        if not consensus_ok(distance, tolerance=tolerance):
+            return f"consensus: fingerprint {distance:.3g} from the reference > {tolerance:g}"
+    if uid in c.gradient and not c.gradient[uid] > 0:
+        return "work: failed every Train check (or none verified)"
+    return "no component above 0"

@@ -59,7 +59,12 @@ from template.validator.allreduce_round import (
     live_participants,
     ready_for_round,
 )
-from template.validator.epoch import EpochRecord, epoch_components, epoch_scores
+from template.validator.epoch import (
+    EpochRecord,
+    epoch_components,
+    epoch_scores,
+    explain_scores,
+)
 from template.validator.reference import ReferenceModel, wait_for_signed
 from template.validator.scoring import decay_absent, ema_update, throughput
 from template.validator.state import ValidatorState, forget_replaced, load_state, save_state
@@ -222,6 +227,8 @@ class Validator:
         if record is None or record.epoch <= self.state.last_epoch:
             return {}
         scores = epoch_scores(record, tolerance=self.tolerance)
+        for uid, line in explain_scores(record, tolerance=self.tolerance).items():
+            logger.info("epoch %d uid %d: %s", record.epoch, uid, line)
         alpha = self.cfg.validator.ema_alpha
         self.state.ema = decay_absent(ema_update(self.state.ema, scores, alpha=alpha),
                                       scores, alpha=alpha)
