@@ -27,7 +27,8 @@ def _state(n: int) -> ValidatorState:
                          bandwidth_observed=True, consensus_checked=True, allreduce_done=True)
     return ValidatorState(ema={u: u / (n + 1) for u in range(n % 50)}, hotkeys={1: "hk1"},
                           last_scores={1: 0.25}, last_epoch=n, current=record,
-                          last_weights_block=3 * n, rounds={"train": n})
+                          last_weights_block=3 * n, rounds={"train": n},
+                          references={n: [0.5, -1.25], n + 1: [0.25, 2.0]})
 
 
 def test_round_trip_and_corrupt_file_is_moved_aside(tmp_path):
@@ -112,6 +113,8 @@ def test_validator_scores_sets_weights_and_restarts_without_losing_anything(setu
         assert v.maybe_set_weights()
         assert chain.weights()[v.uid] == {a: 1.0}
         assert not v.maybe_set_weights()  # rate limit: 60 blocks of 0.5 s
+        v.state.references = {1: [0.5] * 4}  # as a judged round of epoch 0 leaves it
+        v.save()
         saved = load_state(v.state_path)
         assert saved.ema == v.state.ema and saved.last_weights_block >= 0
     finally:
@@ -119,6 +122,7 @@ def test_validator_scores_sets_weights_and_restarts_without_losing_anything(setu
     restarted = Validator(cfg, chain=chain)  # a fresh process would read the same file
     try:
         assert restarted.state.ema == saved.ema and restarted.state.last_epoch == 0
+        assert restarted.reference.expected == {1: [0.5] * 4}  # a forged epoch-1 stays unread
         assert not restarted.maybe_set_weights()  # the rate limit survived the restart
         restarted.state.current = EpochRecord(epoch=0)  # an epoch is never scored twice
         assert restarted.finish_epoch() == {}

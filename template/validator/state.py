@@ -55,6 +55,9 @@ class ValidatorState:
     last_weights_block: int = -1
     rounds: dict[str, int] = field(default_factory=dict)
     """Counters: ``train``, ``allreduce``, ``allreduce_failed``, ``weights``."""
+    references: dict[int, list[float]] = field(default_factory=dict)
+    """Per recent epoch, the fingerprint its round's members reported (the judged reference):
+    after a restart the validator still loads only a checkpoint in line with it."""
 
     def remember(self, epoch: int, scores: Mapping[int, float]) -> None:
         """Keep this epoch's round scores (the newest ``HISTORY_EPOCHS`` epochs)."""
@@ -78,6 +81,7 @@ class ValidatorState:
             "current": None if self.current is None else self.current.to_json(),
             "last_weights_block": self.last_weights_block,
             "rounds": dict(self.rounds),
+            "references": {str(e): list(fp) for e, fp in self.references.items()},
         }
 
     @classmethod
@@ -97,6 +101,8 @@ class ValidatorState:
             current=None if current is None else EpochRecord.from_json(current),
             last_weights_block=int(data["last_weights_block"]),
             rounds={str(k): int(v) for k, v in data.get("rounds", {}).items()},
+            references={int(e): [float(x) for x in fp]
+                        for e, fp in data.get("references", {}).items()},
         )
 
 

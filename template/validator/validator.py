@@ -107,6 +107,8 @@ class Validator:
                                         store=self.store, run_id=cfg.neuron.run_id,
                                         peers=lambda: hotkey_peers(self.chain),
                                         tolerance=self.tolerance, device=device)
+        for epoch, reference in sorted(self.state.references.items()):
+            self.reference.expect(epoch, reference)
         self.dht = start_dht(cfg.dht, run_id=cfg.neuron.run_id,
                              initial_peers=cfg.neuron.initial_peers,
                              identity_path=identity_path(cfg.wallet))
@@ -398,6 +400,7 @@ class Validator:
         if outcome.completed:
             if outcome.reference_fingerprint:  # a forged epoch-(e+1) is never the reference
                 self.reference.expect(record.epoch + 1, outcome.reference_fingerprint)
+                self.state.references = dict(self.reference.expected)  # survives a restart
             if outcome.canonical_tag in signed:
                 self.reference.load(signed[outcome.canonical_tag].checkpoint)
             self.finish_epoch()
