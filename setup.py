@@ -21,5 +21,13 @@ setup(
     packages=find_packages(
         include=["template", "template.*", "hivemind_utils", "hivemind_utils.*"]),
     install_requires=requirements(),
+    # The programs `python neurons/miner.py`, `neurons/validator.py`, `scripts/inspect_dht.py` run.
+    entry_points={
+        "console_scripts": [
+            "subnet-miner=template.cli:miner",
+            "subnet-validator=template.cli:validator",
+            "subnet-inspect=template.inspect_dht:main",
+        ],
+    },
     license="MIT",
 )
