@@ -102,6 +102,36 @@ def test_local_round_trip_with_tokenizer_and_optimizer(tmp_path, tokenizer):
     assert parameter_hash(again) == parameter_hash(model)
 
 
+def test_pushed_checkpoint_carries_a_model_card_in_its_manifest(tmp_path, tokenizer):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM
+
+    model = _small_model(0)
+    store = LocalStore(tmp_path)
+    metadata = {"run_id": "fineweb-gpt2", "train_loss": 3.25, "participants": ["a", "b"]}
+    store.push(4, model, tokenizer, metadata)
+    ckpt = store.pull(4)
+    card_path = ckpt.directory / "README.md"
+    card = ModelCard.load(card_path)
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers"
+    assert data["datasets"] == ["HuggingFaceFW/fineweb"]
+    assert {"gpt2", "bittensor", "hivemind"} <= set(data["tags"])
+    assert "| epoch | 4 |" in card.text and "`epoch-4`" in card.text
+    assert "| run id | `fineweb-gpt2` |" in card.text
+    assert "| training loss | 3.2500 |" in card.text and "| miners in the round | 2 |" in card.text
+    assert "held-out loss" not in card.text  # not passed: no row
+    entry = ckpt.manifest["files"]["README.md"]
+    assert entry["sha256"] == hashlib.sha256(card_path.read_bytes()).hexdigest()
+    again = AutoModelForCausalLM.from_pretrained(ckpt.directory)
+    assert parameter_hash(again) == parameter_hash(model)
+
+    store.push(5, model, None, {})  # no metadata: the card still says what the weights are
+    bare = (store.pull(5).directory / "README.md").read_text()
+    assert "library_name: transformers" in bare and "| epoch | 5 |" in bare
+    assert "run id" not in bare and "training loss" not in bare
+
+
 def test_local_tags_sorted_numerically_and_latest(tmp_path):
     store = LocalStore(tmp_path)
     model = _small_model(0)
@@ -300,6 +330,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = self.path.split("?")[0].strip("/").split("/")
         if parts[:2] == ["api", "repos"]:
             return "create_repo", parts
+        if parts == ["api", "validate-yaml"]:  # huggingface_hub checks a README.md's front matter
+            return "validate_yaml", parts
         if parts[:2] == ["api", "models"] and len(parts) >= 5:
             return parts[4], parts  # preupload | commit | tag | refs
         if len(parts) >= 5 and parts[2] == "resolve":
@@ -323,6 +355,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, {"error": f"injected {status}"}, head=head)
             return
         hub = self.server
+        if route == "validate_yaml":
+            import yaml
+
+            content = json.loads(body)["content"]
+            ok = content.startswith("---\n") and isinstance(
+                yaml.safe_load(content.split("---\n")[1]), dict)
+            return self._send(200 if ok else 400, {} if ok else {"error": "bad YAML metadata"})
         if route == "create_repo":
             payload = json.loads(body)
             repo = f"{payload.get('organization') or 'user'}/{payload['name']}"
@@ -408,6 +447,8 @@ def test_hub_round_trip_tags_and_verification(hub, tmp_path):
     ckpt = store.pull(0)  # epoch-0's tag still points at the first commit
     assert parameter_hash(ckpt.state_dict) == parameter_hash(model)
     assert ckpt.metadata == {"loss": 4.0}
+    assert "README.md" in ckpt.manifest["files"]  # the repo page (front matter checked above)
+    assert "| epoch | 0 |" in (ckpt.directory / "README.md").read_text()
     assert store.push(0, model, None, {}) == "epoch-0"  # same weights: no-op
     with pytest.raises(CheckpointConflictError):
         store.push(0, _small_model(2), None, {})

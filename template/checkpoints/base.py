@@ -57,6 +57,8 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 OPTIMIZER = "optimizer.pt"
+MODEL_CARD = "README.md"
+"""The Hub shows a repo's README.md as its page: every checkpoint carries one (model_card)."""
 FORMAT_VERSION = 1
 _TAG = re.compile(r"^epoch-(0|[1-9][0-9]*)$")
 _CANDIDATE = re.compile(r"^epoch-(0|[1-9][0-9]*)-([0-9a-f]{12})$")
@@ -284,6 +286,9 @@ def write_checkpoint(directory: Path, epoch: int, model: torch.nn.Module, tokeni
     model.save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
+    (directory / MODEL_CARD).write_text(
+        model_card(epoch, metadata_json, tag=tag or tag_for(epoch),
+                   num_parameters=count_parameters(model)))
     if optimizer_state is not None:
         torch.save(dict(optimizer_state), directory / OPTIMIZER)
     files = {}
@@ -309,6 +314,68 @@ def write_checkpoint(directory: Path, epoch: int, model: torch.nn.Module, tokeni
     fsync_path(directory / MANIFEST)
     fsync_path(directory)
     return manifest
+
+
+def _loss(metadata: Mapping[str, Any], key: str) -> str | None:
+    value = metadata.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.4f}"
+    return None
+
+
+def model_card(epoch: int, metadata: Mapping[str, Any], *, tag: str,
+               num_parameters: int) -> str:
+    """The checkpoint's README.md: Hub front matter, then what these weights are.
+
+    From ``metadata`` when the pusher passed them: ``run_id``, ``train_loss`` (the pusher's
+    mean training loss over its batches of the epoch that led here), ``held_out_loss`` and
+    ``participants``; rows without a value are left out.
+    """
+    run_id = metadata.get("run_id")
+    participants = metadata.get("participants")
+    rows = [("epoch", str(epoch)), ("tag", f"`{tag}`"),
+            ("run id", f"`{run_id}`" if isinstance(run_id, str) else None),
+            ("parameters", f"{num_parameters:,}"),
+            ("training loss", _loss(metadata, "train_loss")),
+            ("held-out loss", _loss(metadata, "held_out_loss")),
+            ("miners in the round", str(len(participants))
+             if isinstance(participants, list) else None)]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows if value is not None)
+    note = ("\nThe training loss is the pushing miner's mean loss over its batches of the epoch "
+            "before this step.\n" if _loss(metadata, "train_loss") else "")
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+language:
+- en
+datasets:
+- HuggingFaceFW/fineweb
+tags:
+- gpt2
+- bittensor
+- hivemind
+- collaborative-training
+---
+
+# {run_id if isinstance(run_id, str) else "GPT-2"}: epoch {epoch}
+
+A GPT-2 language model trained collaboratively on FineWeb (`HuggingFaceFW/fineweb`,
+`sample-350BT`) by the miners of a Bittensor subnet: each trains on its own pages, and after
+every epoch they average their gradients with hivemind's all-reduce, so all hold these weights.
+This revision (`{tag}`) holds the weights after epoch {epoch}; `manifest.json` lists the
+SHA-256 of every file, this card included.
+
+| | |
+|---|---|
+{table}
+{note}
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("<this repo>", revision="{tag}")
+tokenizer = AutoTokenizer.from_pretrained("<this repo>", revision="{tag}")
+```
+"""
 
 
 # ------------------------------------------------------------------ reading

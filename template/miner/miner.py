@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -396,6 +397,9 @@ class Miner:
         rank = order.index(self.peer_id)
         metadata = {"participants": members, "run_id": self.cfg.neuron.run_id,
                     "round_group": result.group_id, "pusher": self.peer_id, "pusher_rank": rank}
+        work = self.ledger.get(self.epoch - 1)  # the epoch this round just averaged
+        if work is not None and math.isfinite(work.mean_loss):
+            metadata["train_loss"] = work.mean_loss  # shown in the checkpoint's model card
         if rank == 0:
             self._push(self.epoch, metadata)
         else:
