@@ -27,7 +27,7 @@ is simply not read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,20 +151,28 @@ def epoch_tags(store: CheckpointStore, epoch: int) -> list[str]:
     return primary + store.candidates(epoch)
 
 
-def signed_checkpoints(store: CheckpointStore, epoch: int, *, run_id: str,
-                       peers: Mapping[str, str]) -> list[Attested]:
-    """Every checkpoint of ``epoch`` (in :func:`epoch_tags` order) signed by a bound pusher,
-    whatever its weights: the validator holds them against the round's reports."""
-    found = []
+def _attempts(store: CheckpointStore, epoch: int, *, run_id: str, peers: Mapping[str, str],
+              agrees: Callable[[list[float]], bool] | None = None,
+              ) -> Iterator[Attested | CheckpointError]:
+    """Each of the epoch's checkpoints (:func:`epoch_tags` order), lazily: attested, or why not
+    (unreadable, corrupt, a manifest that lies, a rejected push). Store failures propagate."""
     for tag in epoch_tags(store, epoch):
         try:
-            found.append(attest(store.pull(epoch, tag=tag), run_id=run_id, tag=tag,
-                                peers=peers))
+            yield attest(store.pull(epoch, tag=tag), run_id=run_id, tag=tag, peers=peers,
+                         agrees=agrees)
         except (StoreAuthError, StoreUnavailableError):
             raise
         except CheckpointError as err:
             logger.warning("checkpoint %s not taken: %s", tag, err)
-    return found
+            yield err
+
+
+def signed_checkpoints(store: CheckpointStore, epoch: int, *, run_id: str,
+                       peers: Mapping[str, str]) -> list[Attested]:
+    """Every checkpoint of ``epoch`` (in :func:`epoch_tags` order) signed by a bound pusher,
+    whatever its weights: the validator holds them against the round's reports."""
+    return [a for a in _attempts(store, epoch, run_id=run_id, peers=peers)
+            if isinstance(a, Attested)]
 
 
 def resolve(store: CheckpointStore, epoch: int, *, run_id: str, peers: Mapping[str, str],
@@ -177,21 +185,12 @@ def resolve(store: CheckpointStore, epoch: int, *, run_id: str, peers: Mapping[s
     push (to blame its signer). Store failures (auth, unavailable) propagate.
     """
     rejected: list[CheckpointError] = []
-    tags = epoch_tags(store, epoch)
-    for tag in tags:
-        try:
-            return attest(store.pull(epoch, tag=tag), run_id=run_id, tag=tag, peers=peers,
-                          agrees=agrees)
-        except PushRejected as err:
-            logger.warning("checkpoint %s rejected: %s", tag, err.reason)
-            if on_reject is not None:
-                on_reject(err)
-            rejected.append(err)
-        except (StoreAuthError, StoreUnavailableError):
-            raise
-        except CheckpointError as err:  # unreadable, corrupt, a manifest that lies
-            logger.warning("checkpoint %s unusable: %s", tag, err)
-            rejected.append(err)
-    if not tags:
+    for attempt in _attempts(store, epoch, run_id=run_id, peers=peers, agrees=agrees):
+        if isinstance(attempt, Attested):
+            return attempt
+        if isinstance(attempt, PushRejected) and on_reject is not None:
+            on_reject(attempt)
+        rejected.append(attempt)
+    if not rejected:
         raise MissingCheckpointError(f"no checkpoint of epoch {epoch} in {store!r}")
     raise NoCanonicalCheckpoint(epoch, rejected)
