@@ -32,12 +32,14 @@ from template.data import (  # noqa: E402
     load_tokenizer,
     local_source,
 )
+from template.data.assignment import training_size  # noqa: E402
 
 
 def bench_data(shards: Path, *, seq_len: int, batch_size: int, repeats: int) -> dict:
     tok = load_tokenizer()
     n = local_source(shards).num_pages
-    order = assign_pages(run_id="bench", epoch=0, miner=0, pages_per_miner=n, dataset_size=n)
+    order = assign_pages(run_id="bench", epoch=0, miner=0, pages_per_miner=training_size(n),
+                         dataset_size=n)  # every page but the held-out slice
     rows = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Deterministic page assignment: portable, disjoint between miners, new pages every epoch."""
+"""Deterministic page assignment: portable, disjoint between miners, new pages every epoch,
+and never a page of the held-out slice."""
 
 from __future__ import annotations
 
@@ -7,13 +8,22 @@ import itertools
 
 import pytest
 
-from template.data.assignment import _key, assign_pages, permuted_index
+from template.data.assignment import (
+    HELDOUT_MAX_PAGES,
+    _key,
+    assign_pages,
+    heldout_count,
+    heldout_pages,
+    permuted_index,
+    training_size,
+)
 
 
 def _reference(run_id: str, epoch: int, miner: int, ppm: int, n: int) -> list[int]:
     """Written from the module docstring alone: the spec a third party would implement."""
-    key = hashlib.sha256(f"assign_pages:v1:{run_id}:{epoch}:{n}".encode()).digest()
-    h = (max(1, (n - 1).bit_length()) + 1) // 2
+    key = hashlib.sha256(f"assign_pages:v2:{run_id}:{epoch}:{n}".encode()).digest()
+    m = n - min(8192, max(1, n // 32))  # the last pages are held out
+    h = (max(1, (m - 1).bit_length()) + 1) // 2
     mask = (1 << h) - 1
 
     def enc(x: int) -> int:
@@ -26,7 +36,7 @@ def _reference(run_id: str, epoch: int, miner: int, ppm: int, n: int) -> list[in
     out = []
     for i in range(miner * ppm, (miner + 1) * ppm):
         y = enc(i)
-        while y >= n:
+        while y >= m:
             y = enc(y)
         out.append(y)
     return out
@@ -34,7 +44,7 @@ def _reference(run_id: str, epoch: int, miner: int, ppm: int, n: int) -> list[in
 
 def test_matches_documented_algorithm_and_is_repeatable():
     for run_id, epoch, miner, ppm, n in [("run", 0, 0, 8, 2470), ("démo", 7, 3, 5, 100),
-                                        ("r", 123, 255, 8, 10**9), ("x", 0, 0, 1, 1)]:
+                                        ("r", 123, 255, 8, 10**9), ("x", 0, 0, 1, 2)]:
         got = assign_pages(run_id=run_id, epoch=epoch, miner=miner, pages_per_miner=ppm,
                            dataset_size=n)
         assert got == _reference(run_id, epoch, miner, ppm, n)
@@ -45,10 +55,11 @@ def test_matches_documented_algorithm_and_is_repeatable():
 
 def test_golden_values():
     # Pinned so a change of the algorithm (which would break validators) cannot go unnoticed.
+    # Version 2 (held-out slice) changed them from version 1's [578, 384, 547, 592].
     assert assign_pages(run_id="golden", epoch=3, miner=2, pages_per_miner=4,
                         dataset_size=1000) == _reference("golden", 3, 2, 4, 1000)
     assert assign_pages(run_id="golden", epoch=3, miner=2, pages_per_miner=4,
-                        dataset_size=1000) == [578, 384, 547, 592]
+                        dataset_size=1000) == [375, 303, 150, 40]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 100, 1023, 1025])
@@ -57,14 +68,37 @@ def test_permutation_is_a_bijection(n):
     assert sorted(permuted_index(i, key=key, dataset_size=n) for i in range(n)) == list(range(n))
 
 
-def test_miners_of_one_epoch_are_disjoint_and_cover_the_dataset():
+def test_miners_of_one_epoch_are_disjoint_and_cover_the_training_pages():
     ppm, miners = 7, 40
-    n = ppm * miners
+    n = 289  # 289 // 32 = 9 held out: 280 = ppm * miners training pages
+    assert training_size(n) == ppm * miners
     pages = [assign_pages(run_id="r", epoch=5, miner=u, pages_per_miner=ppm, dataset_size=n)
              for u in range(miners)]
     for a, b in itertools.combinations(pages, 2):
         assert not set(a) & set(b)
-    assert sorted(itertools.chain.from_iterable(pages)) == list(range(n))
+    assert sorted(itertools.chain.from_iterable(pages)) == list(range(training_size(n)))
+
+
+@pytest.mark.parametrize("n", [2, 33, 200, 2373, 100_000])
+def test_no_miner_is_ever_given_a_held_out_page(n):
+    held = set(heldout_pages(n))
+    assert held and len(held) == heldout_count(n) and max(held) == n - 1
+    ppm = max(1, min(4, training_size(n) // 8))
+    miners = training_size(n) // ppm
+    for run_id in ("r", "local-demo", "fineweb-gpt2"):
+        for epoch in range(0, 60, 3):
+            for uid in range(0, miners, max(1, miners // 16)):
+                pages = assign_pages(run_id=run_id, epoch=epoch, miner=uid,
+                                     pages_per_miner=ppm, dataset_size=n)
+                assert not held & set(pages), (run_id, epoch, uid)
+
+
+def test_held_out_slice_is_fixed_by_the_dataset_size():
+    assert list(heldout_pages(2)) == [1]
+    assert heldout_pages(200) == range(194, 200)
+    assert heldout_pages(2373) == range(2299, 2373)  # the full demo set: 74 pages
+    assert len(heldout_pages(10**9)) == HELDOUT_MAX_PAGES
+    assert heldout_pages(2373) == heldout_pages(2373)  # no run id, epoch or uid in it
 
 
 def test_epoch_and_run_change_the_pages():
@@ -81,9 +115,12 @@ def test_epoch_and_run_change_the_pages():
 def test_errors_name_the_fix():
     with pytest.raises(ValueError, match="--data.pages_per_epoch"):
         assign_pages(run_id="r", epoch=0, miner=10, pages_per_miner=10, dataset_size=100)
-    assign_pages(run_id="r", epoch=0, miner=9, pages_per_miner=10, dataset_size=100)  # fits
+    with pytest.raises(ValueError, match="3 held out"):  # 97 training pages: uid 9 no longer fits
+        assign_pages(run_id="r", epoch=0, miner=9, pages_per_miner=10, dataset_size=100)
+    assign_pages(run_id="r", epoch=0, miner=9, pages_per_miner=10, dataset_size=104)  # fits
     for bad in (dict(run_id=""), dict(epoch=-1), dict(miner=-1), dict(pages_per_miner=0),
-                dict(dataset_size=0), dict(miner=True), dict(epoch=1.5)):
+                dict(dataset_size=0), dict(dataset_size=1), dict(miner=True),
+                dict(epoch=1.5), dict(dataset_size=True)):
         kwargs = dict(run_id="r", epoch=0, miner=0, pages_per_miner=1, dataset_size=10) | bad
         with pytest.raises(ValueError):
             assign_pages(**kwargs)
