@@ -440,6 +440,31 @@ class ValidatorConfig:
 
 
 @dataclass(frozen=True)
+class EvaluatorConfig:
+    """The held-out evaluator (`neurons/evaluator.py`, docs/local-devnet.md)."""
+
+    batches: int = 16
+    """Held-out batches (`--data.batch_size` x `--data.seq_len` each) scored per checkpoint,
+    a fresh seeded draw per epoch (all of them when the slice has fewer); the previous epoch is
+    scored on the same ones. Raise it for a steadier curve; each batch costs two forwards."""
+    threshold: float = 0.1
+    """Nats: a checkpoint whose held-out loss exceeds the previous epoch's, on the same
+    batches, by more than this is flagged (a WARNING "held-out loss rose", `flagged` in
+    eval.json and the devnet summary). Raise it if healthy epochs get flagged; lower it to
+    catch smaller regressions."""
+    poll_interval: float = 5.0
+    """Seconds between two looks at the checkpoint store for new `epoch-N` tags."""
+    threads: int = 1
+    """torch CPU threads of the evaluator: keep it low so it never slows the swarm's miners."""
+
+    def __post_init__(self) -> None:
+        _check(self.batches >= 1, "--evaluator.batches", "must be >= 1")
+        _check(self.threshold >= 0, "--evaluator.threshold", "must be >= 0 nats")
+        _check(self.poll_interval > 0, "--evaluator.poll_interval", "must be > 0 seconds")
+        _check(self.threads >= 1, "--evaluator.threads", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class WandbConfig:
     mode: str = "offline"
     """`offline` (local files, no network), `online` or `disabled`."""
@@ -475,6 +500,7 @@ class Config:
     blacklist: BlacklistConfig = field(default_factory=BlacklistConfig)
     validator: ValidatorConfig = field(default_factory=ValidatorConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
 
     def __post_init__(self) -> None:
         _check(self.netuid >= 0, "--netuid", "must be >= 0")

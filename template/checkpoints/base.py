@@ -10,6 +10,12 @@ tagged commit in :class:`~template.checkpoints.hub.HubStore`)::
     manifest.json          written last: sha256 and size of every other file, epoch,
                            parameter_hash, fingerprint, metadata, creation time
 
+and, added later by the evaluator (``neurons/evaluator.py``), its held-out evaluation
+``eval.json`` (:mod:`template.checkpoints.evals`). It is outside the manifest on purpose: the
+manifest and the model card are fixed at push time (tags are write-once), so writing the
+evaluation afterwards never breaks :func:`verify_files`; and an evaluation proves nothing
+about the weights (anyone with write access can write one; re-run the evaluator to check).
+
 The folder loads in stock ``transformers`` (``from_pretrained``), so a Hub tag ``epoch-N`` is
 also a valid ``--model.preset org/name --model.revision epoch-N``.
 
@@ -59,6 +65,8 @@ CONFIG = "config.json"
 OPTIMIZER = "optimizer.pt"
 MODEL_CARD = "README.md"
 """The Hub shows a repo's README.md as its page: every checkpoint carries one (model_card)."""
+EVAL = "eval.json"
+"""A checkpoint's held-out evaluation, outside the manifest (:mod:`template.checkpoints.evals`)."""
 FORMAT_VERSION = 1
 _TAG = re.compile(r"^epoch-(0|[1-9][0-9]*)$")
 _CANDIDATE = re.compile(r"^epoch-(0|[1-9][0-9]*)-([0-9a-f]{12})$")
@@ -116,6 +124,11 @@ class StoreAuthError(CheckpointError):
 
 class StoreUnavailableError(CheckpointError):
     """The remote store kept failing (5xx, connection errors) after every retry."""
+
+
+class EvalError(CheckpointError):
+    """An ``eval.json`` that breaks the schema (:func:`template.checkpoints.evals.parse_eval`);
+    the message names the field."""
 
 
 # ------------------------------------------------------------------ tags
@@ -223,6 +236,17 @@ class CheckpointStore(abc.ABC):
     @abc.abstractmethod
     def read_manifest(self, epoch: int, *, tag: str | None = None) -> dict[str, Any]:
         """The schema-checked manifest of ``epoch`` (weights not fetched nor verified)."""
+
+    @abc.abstractmethod
+    def write_eval(self, epoch: int, data: Mapping[str, Any], *, tag: str | None = None) -> None:
+        """Store the held-out evaluation of a checkpoint, replacing an earlier one (schema:
+        :func:`template.checkpoints.evals.parse_eval`). :class:`EvalError` if ``data`` breaks
+        the schema, :class:`MissingCheckpointError` if the checkpoint does not exist."""
+
+    @abc.abstractmethod
+    def read_eval(self, epoch: int, *, tag: str | None = None) -> dict[str, Any] | None:
+        """The checkpoint's schema-checked evaluation, or None when there is none or it is
+        malformed (logged as a warning naming the field). Store failures raise."""
 
     def tags(self) -> list[str]:
         """All ``epoch-N`` tags, sorted by epoch (candidates excluded)."""
@@ -343,6 +367,12 @@ def model_card(epoch: int, metadata: Mapping[str, Any], *, tag: str,
     table = "\n".join(f"| {name} | {value} |" for name, value in rows if value is not None)
     note = ("\nThe training loss is the pushing miner's mean loss over its batches of the epoch "
             "before this step.\n" if _loss(metadata, "train_loss") else "")
+    note += (f"\nHeld-out evaluation: the evaluator (`neurons/evaluator.py`) scores these weights "
+             f"after the push on pages no miner is assigned, and writes `{EVAL}` (held-out "
+             f"loss, perplexity, wins against the previous epoch, a `flagged` regression bit) "
+             f"beside this card in a directory store, or `evals/{tag}.json` on this repo's "
+             "`main` branch on the Hub. This card and the manifest are fixed at push time, "
+             "so they cannot carry it.\n")
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation

@@ -11,6 +11,11 @@ connection errors), sleeping ``backoff * 2**k`` seconds (at most ``max_backoff``
 k-th retry. HTTP 401/403 is never retried: it raises :class:`StoreAuthError` at once (a token
 without write access stays without it). Note ``huggingface_hub`` itself retries some transfer
 requests (file downloads, the pre-upload check) on 5xx before our loop sees an error.
+
+Evaluations: a tag is write-once and points at its push's commit, so the evaluator's
+``eval.json`` of ``epoch-N`` is committed to the ``main`` branch as ``evals/epoch-N.json``
+(:data:`EVALS_DIR`). Later pushes build on ``main``, so a tag's tree may also hold ``evals/`` of
+earlier epochs: only the files its manifest lists are the checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from huggingface_hub.errors import (
 )
 
 from template.checkpoints.base import (
+    EVAL,
     MANIFEST,
     Checkpoint,
     CheckpointConflictError,
@@ -50,12 +56,15 @@ from template.checkpoints.base import (
     tag_of,
     write_checkpoint,
 )
+from template.checkpoints.evals import dump_eval, eval_or_none
 from template.model import parameter_hash
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT_EXC = (httpx2.TransportError, ConnectionError, TimeoutError, LocalEntryNotFoundError)
+EVALS_DIR = "evals"
+"""Folder on the repo's ``main`` branch holding ``<tag>.json``, one evaluation per checkpoint."""
 
 
 class HubStore(CheckpointStore):
@@ -197,6 +206,35 @@ class HubStore(CheckpointStore):
             logger.warning("%s from %s failed verification (%s); downloading again", tag,
                            self.repo_id, err)
             return self._fetch(epoch, tag, folder, force=True)
+
+    def write_eval(self, epoch: int, data: Mapping[str, Any], *, tag: str | None = None) -> None:
+        tag = tag_of(epoch, tag)
+        if tag not in self.refs():
+            raise MissingCheckpointError(f"no checkpoint {tag} in {self.repo_id}")
+        raw = dump_eval(data, epoch=epoch, tag=tag)
+        operation = CommitOperationAdd(path_in_repo=f"{EVALS_DIR}/{tag}.json",
+                                       path_or_fileobj=raw)
+        try:
+            self._call("upload evaluation", lambda: self._api.create_commit(
+                self.repo_id, operations=[operation], commit_message=f"{EVAL} of {tag}"))
+        except HfHubHTTPError as err:
+            raise CheckpointError(f"upload {EVAL} of {tag} to {self.repo_id}: {err}") from err
+
+    def read_eval(self, epoch: int, *, tag: str | None = None) -> dict[str, Any] | None:
+        tag = tag_of(epoch, tag)
+        name = f"{EVALS_DIR}/{tag}.json"
+        try:
+            path = self._call(f"download {name}", lambda: self._api.hf_hub_download(
+                self.repo_id, name, revision="main", local_dir=self._folder("main"),
+                force_download=True))
+        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+            return None
+        except HfHubHTTPError as err:
+            if err.response is not None and err.response.status_code == 404:
+                return None
+            raise CheckpointError(f"download {name}: {err}") from err
+        return eval_or_none(Path(path).read_bytes(), epoch=epoch, tag=tag,
+                            where=f"{self.repo_id}@main/{name}")
 
     # -------------------------------------------------------------- helpers
 

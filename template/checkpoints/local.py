@@ -5,6 +5,9 @@ the folder, then ``os.rename``s it to ``<root>/epoch-N``. A rename within one fi
 atomic, so readers see either no ``epoch-N`` or a complete one; a crash mid-push leaves only a
 ``.tmp-*`` folder, which :meth:`LocalStore.tags` ignores and which is deleted once older than
 ``stale_after`` seconds (the next store opened on the same root does it).
+
+The evaluator's ``eval.json`` goes into the checkpoint's folder, ``<root>/epoch-N/eval.json``,
+written to a temp file and renamed over the old one (readers see the old or the new file).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 from template.checkpoints.base import (
+    EVAL,
     MANIFEST,
     Checkpoint,
     CheckpointConflictError,
@@ -35,6 +39,7 @@ from template.checkpoints.base import (
     tag_of,
     write_checkpoint,
 )
+from template.checkpoints.evals import dump_eval, eval_or_none
 from template.model import parameter_hash
 
 logger = logging.getLogger(__name__)
@@ -135,3 +140,23 @@ class LocalStore(CheckpointStore):
 
     def pull(self, epoch: int, *, tag: str | None = None) -> Checkpoint:
         return read_checkpoint(self._directory(epoch, tag), epoch)
+
+    def write_eval(self, epoch: int, data: Mapping[str, Any], *, tag: str | None = None) -> None:
+        directory = self._directory(epoch, tag)
+        raw = dump_eval(data, epoch=epoch, tag=directory.name)
+        tmp = directory / f".{EVAL}.{os.getpid()}.tmp"
+        tmp.write_bytes(raw)
+        fsync_path(tmp)
+        os.replace(tmp, directory / EVAL)
+        fsync_path(directory)
+
+    def read_eval(self, epoch: int, *, tag: str | None = None) -> dict[str, Any] | None:
+        try:
+            path = self._directory(epoch, tag) / EVAL
+            raw = path.read_bytes()
+        except (MissingCheckpointError, FileNotFoundError):
+            return None
+        except OSError as err:
+            logger.warning("cannot read %s: %s", path, err)
+            return None
+        return eval_or_none(raw, epoch=epoch, tag=path.parent.name, where=str(path))
