@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     peers = visible_maddrs(dht)
     inspect = write_swarm_files(net.workdir, peers, target_batch_size=args.target_batch_size)
     print(f"watch the swarm with: {inspect}", flush=True)
+    print(f"live swarm page: {inspect} --workdir {net.workdir} --serve 8765 "
+          "(then open http://127.0.0.1:8765/)", flush=True)
     started, ok, chaos = time.monotonic(), False, None
     try:
         for name in [*net.miners, *net.cheaters]:

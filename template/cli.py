@@ -2,7 +2,8 @@
 
     subnet-miner --wallet.name miner1 --wallet.hotkey default --neuron.initial_peers ...
     subnet-validator --wallet.name validator1 --wallet.hotkey default ...
-    subnet-inspect --initial_peers ...   (= python scripts/inspect_dht.py)
+    subnet-inspect --initial_peers ... [--json | --serve PORT]   (= python scripts/inspect_dht.py;
+        template.inspect_dht.main, named in setup.py)
 
 ``neurons/miner.py`` and ``neurons/validator.py`` call the same functions, so
 ``python neurons/miner.py ...`` and ``subnet-miner ...`` are one program (setup.py names them).

@@ -9,6 +9,7 @@ IMPLAUSIBLE, never as peers, and count neither.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from hivemind_utils.swarm_state import ProgressReporter
 from template.chain.local import LocalChain
 from template.chain.wallets import create_wallet
 from template.config import DHTConfig
+from template.swarm_snapshot import ChainView, LocalView, Snapshot, StoreView, build_snapshot
 
 pytestmark = pytest.mark.multiprocess
 
@@ -82,8 +84,8 @@ def test_json_shows_the_bound_swarm_and_lists_forged_records_apart(swarm):
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
     state = json.loads(lines[0])
-    assert set(state) == {"global_epoch", "target_batch_size", "samples_accumulated", "peers",
-                          "unbound", "implausible"}
+    assert set(state) == {f.name for f in dataclasses.fields(Snapshot)}
+    assert state["run_id"] == RUN and state["netuid"] == 1 and state["latest_checkpoint"] is None
     assert (state["global_epoch"], state["target_batch_size"], state["samples_accumulated"]) == (
         1, 64, 30)
     rows = {row["peer_id"]: row for row in state["peers"]}
@@ -93,13 +95,16 @@ def test_json_shows_the_bound_swarm_and_lists_forged_records_apart(swarm):
         assert set(row) >= {"peer_id", "hotkey", "epoch", "samples", "tokens_per_second",
                             "age_seconds"}
         assert row["hotkey"] == hotkey and row["tokens_per_second"] == 123.5
+        assert row["uid"] == swarm["hotkeys"].index(hotkey) and row["role"] == "miner"
         assert 0 <= row["age_seconds"] < 60
     (forged,) = state["unbound"]  # listed, not a peer, counted nowhere
     assert forged["peer_id"] == str(swarm["forger"].peer_id)
+    assert (forged["uid"], forged["role"]) == (None, "unbound")
     assert (forged["hotkey"], forged["epoch"], forged["samples"]) == (
         swarm["hotkeys"][0], 10**9, 10**12)
     (far,) = state["implausible"]
-    assert (far["peer_id"], far["epoch"]) == (str(swarm["far"].peer_id), FAR)
+    assert (far["peer_id"], far["epoch"], far["role"]) == (
+        str(swarm["far"].peer_id), FAR, "implausible")
 
 
 def test_table_marks_unbound_and_implausible_records(swarm):
@@ -180,12 +185,16 @@ def test_progress_uses_the_runs_target_and_says_when_it_is_a_default():
                         age_seconds=0.5)
     state = SwarmState(global_epoch=1, target_batch_size=10, samples_accumulated=5,
                        peers=[peer])
-    text = inspector.render(state, run_id="r", target_given=False)
-    assert "5/10 samples (50%)" in text and "default for run id r" in text
-    assert "default for" not in inspector.render(state, run_id="r", target_given=True)
-    empty = SwarmState(global_epoch=0, target_batch_size=10, samples_accumulated=0)
-    assert inspector.render(empty, run_id="r").startswith("no progress records for run id r")
 
+    def snap(swarm_state: SwarmState, source: str) -> Snapshot:
+        return build_snapshot(swarm_state, chain=ChainView(), store=StoreView(),
+                              local=LocalView(), run_id="r", now=0.0, target_source=source)
+
+    text = inspector.render(snap(state, "default"))
+    assert "5/10 samples (50%)" in text and "default for run id r" in text
+    assert "default for" not in inspector.render(snap(state, "flag"))
+    empty = SwarmState(global_epoch=0, target_batch_size=10, samples_accumulated=0)
+    assert inspector.render(snap(empty, "flag")).startswith("no progress records for run id r")
 
 def test_launcher_writes_the_run_id_and_the_inspector_command(tmp_path):
     from template.localnet import RUN_ID as LOCAL_RUN_ID
