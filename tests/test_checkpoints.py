@@ -120,7 +120,8 @@ def test_pushed_checkpoint_carries_a_model_card_in_its_manifest(tmp_path, tokeni
     assert "| epoch | 4 |" in card.text and "`epoch-4`" in card.text
     assert "| run id | `fineweb-gpt2` |" in card.text
     assert "| training loss | 3.2500 |" in card.text and "| miners in the round | 2 |" in card.text
-    assert "held-out loss" not in card.text  # not passed: no row
+    assert "| held-out loss |" not in card.text  # not passed: no row, only the pointer to eval.json
+    assert "eval.json" in card.text
     entry = ckpt.manifest["files"]["README.md"]
     assert entry["sha256"] == hashlib.sha256(card_path.read_bytes()).hexdigest()
     again = AutoModelForCausalLM.from_pretrained(ckpt.directory)
