@@ -46,7 +46,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -232,17 +232,28 @@ def commit(tensors: Sequence[torch.Tensor], *, seed: int, samples: int,
     if not len(sketches):
         raise ValueError("a commitment needs at least one trained batch")
     total = sum(t.numel() for t in tensors)
-    spans = []
-    for start, end in block_ranges(total):
-        span = SpanProjection(seed=seed, dims=dims)
-        span.add(torch.cat([v.float().cpu() for _, v in _pieces(tensors, start, end)]),
-                 offset=start)  # one contiguous block: whole chunks, no padded pieces
-        spans.append(span)
-    blocks = span_results(spans).numpy() if spans else np.zeros((0, dims))
+    blocks, _ = sketch_blocks(tensors, range(len(block_ranges(total))), seed=seed, dims=dims)
     return Commitment(seed=seed, samples=int(samples), batches=len(sketches),
                       mean_sketch=sketches.mean(axis=0).astype(np.float32),
                       blocks=blocks.astype(np.float32).reshape(-1, dims),
                       batch_sketches=sketches[:max_batches].astype(np.float32))
+
+
+def sketch_blocks(tensors: Sequence[torch.Tensor], indices: Iterable[int], *, seed: int,
+                  dims: int) -> tuple[np.ndarray, float]:
+    """``(len(indices), dims)`` sketches of the blocks ``indices`` of the flattened
+    concatenation of ``tensors``, and their total sum of squares (float64)."""
+    ranges = block_ranges(sum(t.numel() for t in tensors))
+    spans = []
+    for index in indices:
+        start, end = ranges[index]
+        span = SpanProjection(seed=seed, dims=dims)
+        span.add(torch.cat([v.float().cpu() for _, v in _pieces(tensors, start, end)]),
+                 offset=start)  # one contiguous block: whole chunks, no padded pieces
+        spans.append(span)
+    if not spans:
+        return np.zeros((0, dims)), 0.0
+    return span_results(spans).numpy(), sum(s.squared_norm for s in spans)
 
 
 # ------------------------------------------------------------------ observing (a reducer)
@@ -280,12 +291,17 @@ class ShardAudit:
         self._spans = {sender: [SpanProjection(seed=seed, dims=dims) for _ in self.blocks]
                        for sender, seed in seeds.items()}
         self._values = dict.fromkeys(seeds, 0)
+        self.weights: dict[str, float] = {}
+        """The weight each sender declared with its parts (the latest part's)."""
 
-    def observe(self, sender: str, values: torch.Tensor, *, offset: int) -> None:
+    def observe(self, sender: str, values: torch.Tensor, *, offset: int,
+                weight: float | None = None) -> None:
         """Values ``sender`` delivered at ``[offset, offset + len)`` of the flattened vector."""
         spans = self._spans.get(sender)
         if spans is None:
             return
+        if weight is not None:
+            self.weights[sender] = float(weight)
         flat = values.reshape(-1)
         end = offset + flat.numel()
         for span, (_, lo, hi) in zip(spans, self.blocks, strict=True):
