@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, AsyncIterator  # noqa: UP035 - hivemind reads typing.AsyncIterator hints
 
+import numpy as np
 import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.group_info import GroupInfo
@@ -46,13 +47,16 @@ from hivemind.compression import CompressionBase, Float16Compression, NoCompress
 from hivemind.dht import DHT
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
-from hivemind.utils import MPFuture, MSGPackSerializer
+from hivemind.utils import MSGPackSerializer
+from hivemind.utils.asyncio import enter_asynchronously
 
 from hivemind_utils import compat, robust
 from hivemind_utils.lifetime import DiesWithParent
 from hivemind_utils.round_stats import AveragingResult, RoundRecorder
+from hivemind_utils.shard_audit import RoundAudit, blocks_within, check_results, fetch_reports
 from template.config import AveragingConfig
-from template.contribution import ShardAudit
+from template.proof import SKETCH_DIMS
+from template.reduction import RoundIntegrity
 
 logger = logging.getLogger(__name__)
 compat.install()  # before any averager forks: every peer process decodes 8-bit parts correctly
@@ -134,8 +138,10 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
     :param part_size_bytes: size of one streamed part; smaller parts react faster to failures,
       larger ones cost less per-message overhead.
     :param audit: project what every sender delivers on this peer's shard (``result.delivered``;
-      the validator's peer); pass ``gather=template.contribution.audit_gather(seed)`` to
-      :meth:`average` so the averaging process knows the epoch's seed.
+      the validator's peer); pass ``gather=template.contribution.audit_gather(seed)`` or
+      ``integrity=`` to :meth:`average` so the averaging process knows the epoch's seed.
+    :param corrupt: red-team only: replaces this peer's reduced results
+      (:class:`template.miner.adversary.CorruptReducer`).
     """
 
     # hivemind caches RPC handlers/stubs per class; own them so a plain DecentralizedAverager in
@@ -160,6 +166,7 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
         shutdown_timeout: float = 5.0,
         audit: bool = False,
+        corrupt: robust.Corrupt | None = None,
         start: bool = True,
     ):
         if (params is None) == (tensors is None):
@@ -170,7 +177,7 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         buffers = _buffers_like(params) if params is not None else list(tensors)  # type: ignore[arg-type]
         if any(t.device.type != "cpu" for t in buffers):
             raise ValueError("tensors= must be CPU tensors; pass params= for GPU models")
-        self.cfg, self.run_id, self.audit = cfg, run_id, audit
+        self.cfg, self.run_id, self.audit, self._corrupt = cfg, run_id, audit, corrupt
         self._state_provider = state_provider
         self._recorder = RoundRecorder()
         super().__init__(
@@ -245,7 +252,8 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
 
     def average(self, *, weight: float = 1.0, timeout: float | None = None,
                 gather: Any = None, epoch: int | None = None,
-                expected: Sequence[str] = ()) -> AveragingResult:
+                expected: Sequence[str] = (), avoid: Sequence[str] = (),
+                integrity: RoundIntegrity | None = None) -> AveragingResult:
         """Find a group and run one all-reduce of the buffers, in place; never raises on failure.
 
         :param weight: this peer's share of the mean (samples accumulated); ignored (0) when
@@ -260,6 +268,14 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
           joined, instead of waiting ``--averaging.matchmaking_time`` for ``target_group_size``
           peers that never come. Peers that join meanwhile stay in; empty keeps hivemind's rule
           alone.
+        :param avoid: base58 PeerIDs this peer will not average with (reducers whose result it
+          refused this epoch): as a leader it turns them away, and a group holding one fails
+          at once.
+        :param integrity: audit this peer's shard and serve its reducer report, fetch every
+          other reducer's (``result.reports``) and, with ``integrity.own`` (a contributing
+          member), refuse the round when a reducer's result fails
+          :func:`template.reduction.check_report`: the result is then not ok, its ``accused``
+          names the reducers, and the buffers must not be used (:mod:`template.reduction`).
         """
         if not self.is_auxiliary and not weight > 0:
             raise ValueError(f"weight must be > 0 for a contributing peer, got {weight}")
@@ -267,7 +283,7 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         if epoch is not None:
             self.set_group_bits(epoch_group_bits(epoch))
         try:
-            self._expect(expected)
+            self._prepare(expected, avoid, integrity)
             out = self._wait(self.step(weight=None if self.is_auxiliary else float(weight),
                                        timeout=timeout, gather=gather, wait=False), timeout)
         except RoundFailed as err:
@@ -297,22 +313,37 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
                     control.cancel()
                     raise TimeoutError("averaging round exceeded its time budget") from None
 
-    def _expect(self, peers: Sequence[str]) -> None:
-        future = MPFuture()
-        self._outer_pipe.send(("_set_expected_peers", [], dict(peers=list(peers), future=future)))
-        future.result(timeout=self.cfg.request_timeout + 5.0)
+    def _prepare(self, peers: Sequence[str], avoid: Sequence[str],
+                 integrity: RoundIntegrity | None) -> None:
+        """Hand the round's settings to the averaging process. Its pipe messages become tasks
+        in order and this one sets them without awaiting, so they are in place before the
+        step's message is handled (no reply is awaited: an MPFuture answer from the child was
+        seen to be lost now and then, stalling the round for its timeout)."""
+        for peer in (*peers, *avoid):
+            PeerID.from_base58(peer)  # raises ValueError here, not in the child
+        own = None if integrity is None else integrity.own
+        # The child reads its pipe from a uvloop reader, which makes the pipe non-blocking: a
+        # message larger than one write (~16 kB) can be read half-written, which desyncs the
+        # pipe and kills the averaging loop. The block sketches (num_blocks x dims floats) go
+        # through shared memory instead, as hivemind sends its tensors.
+        shipped = (None if own is None else
+                   torch.from_numpy(np.ascontiguousarray(own.blocks)).share_memory_())
+        self._outer_pipe.send(("_set_round", [], dict(
+            peers=list(peers), avoid=list(avoid), blocks=shipped,
+            integrity=integrity if own is None else dataclasses.replace(
+                integrity, own=dataclasses.replace(own, blocks=np.empty((0, 0)))))))
 
     # ------------------------------------------------------------------ hivemind seams (child)
 
-    async def _set_expected_peers(self, peers: list[str], future: MPFuture) -> None:
+    async def _set_round(self, peers: list[str], avoid: list[str],
+                         integrity: RoundIntegrity | None, blocks: torch.Tensor | None) -> None:
         self._grace_tasks: set[asyncio.Task] = getattr(self, "_grace_tasks", set())
-        try:
-            self._expected_peers = frozenset(PeerID.from_base58(p) for p in peers)
-        except ValueError as err:  # callers validate; a bad id must not hang the step
-            self._expected_peers = frozenset()
-            future.set_exception(err)
-            return
-        future.set_result(None)
+        if integrity is not None and integrity.own is not None and blocks is not None:
+            own = dataclasses.replace(integrity.own, blocks=blocks.numpy().copy())
+            integrity = dataclasses.replace(integrity, own=own)
+        self._integrity = integrity
+        self._expected_peers = frozenset(PeerID.from_base58(p) for p in peers)
+        self._avoid = frozenset(PeerID.from_base58(p) for p in avoid)
 
     async def rpc_join_group(self, request: averaging_pb2.JoinRequest, context: P2PContext,
                              ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
@@ -320,6 +351,9 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
         (see :meth:`average`), assemble after a short grace instead of at the
         ``matchmaking_time`` deadline."""
         matchmaking = self._matchmaking
+        if context.remote_id in getattr(self, "_avoid", frozenset()):
+            yield averaging_pb2.MessageFromLeader(code=averaging_pb2.NOT_LOOKING_FOR_GROUP)
+            return
         async for message in matchmaking.rpc_join_group(request, context):
             yield message
             expected = getattr(self, "_expected_peers", frozenset())
@@ -344,19 +378,30 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
 
     async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int,
                                     **kwargs: Any) -> AveragingResult:
-        """Run hivemind's aggregation, then read the runner's state into an AveragingResult."""
+        """Run hivemind's aggregation, then read the runner's state into an AveragingResult and
+        (with ``integrity``) serve this peer's reducer report and check everyone's."""
+        avoided = set(group_info.peer_ids) & getattr(self, "_avoid", frozenset())
+        if avoided:
+            raise RoundFailed(f"the group holds {sorted(p.to_base58() for p in avoided)}, whose "
+                              "result this peer refused this epoch")
         self._recorder.begin(group_info.group_id)
+        self._report_ready().clear()
+        integrity: RoundIntegrity | None = getattr(self, "_integrity", None)
         future = self._running_groups.get(group_info.group_id)
-        audits: list[ShardAudit] = []
+        audits: list[RoundAudit] = []
         if future is not None:
             future.add_done_callback(lambda f: None if f.cancelled() or f.exception()
                                      else self._recorder.tap_runner(f.result()))
-            if self.audit:
-                seeds = _gathered_seeds(group_info, self.peer_id.to_base58())
+            seeds = ({p.to_base58(): integrity.seed for p in group_info.peer_ids}
+                     if integrity is not None else
+                     _gathered_seeds(group_info, self.peer_id.to_base58()) if self.audit else {})
+            if seeds:
+                dims = integrity.dims if integrity is not None else SKETCH_DIMS
                 future.add_done_callback(lambda f: None if f.cancelled() or f.exception()
-                                         else audits.append(_audit_runner(f.result(), seeds)))
+                                         else audits.append(RoundAudit(f.result(), seeds=seeds,
+                                                                       dims=dims)))
         try:
-            with robust.clipping(self.cfg.clip_factor):
+            with robust.clipping(self.cfg.clip_factor, corrupt=self._corrupt):
                 gathered = await super()._aggregate_with_group(group_info, min_vector_size,
                                                                **kwargs)
         except BaseException as err:
@@ -366,9 +411,72 @@ class SwarmAverager(DiesWithParent, DecentralizedAverager):
             raise
         result = self._recorder.finish(group_info, _runner_of(future), error=None,
                                        gathered=gathered)
-        if audits:
-            result = dataclasses.replace(result, delivered=audits[0].delivered())
-        return result
+        if not audits:
+            return result
+        audit = audits[0]
+        me = self.peer_id.to_base58()
+        delivered = {p: d for p, d in audit.audit.delivered().items() if p != me}
+        result = dataclasses.replace(result, delivered=delivered)
+        report = audit.report(group_id=result.group_id or "", clip_factor=self.cfg.clip_factor)
+        if self._corrupt is not None and hasattr(self._corrupt, "report"):
+            report = self._corrupt.report(report)  # red-team: a report that covers its tracks
+        self._report_bytes = report.to_bytes()
+        self._report_ready().set()
+        if integrity is None:
+            return result
+        return await self._check_round(result, audit, integrity, own_report=report)
+
+    async def _check_round(self, result: AveragingResult, audit: RoundAudit,
+                           integrity: RoundIntegrity, *, own_report: Any) -> AveragingResult:
+        """Fetch every other reducer's report; a contributing member checks its result against
+        them and refuses the round (raises :class:`RoundFailed`) if one fails."""
+        me = audit.me
+        reducers = [p for p, (lo, hi) in audit.spans.items() if p != me and hi > lo]
+        reports = await fetch_reports(self._ask_report, reducers, group_id=result.group_id or "",
+                                      dims=integrity.dims, total=audit.total)
+        parsed = {p: r for p, r in reports.items() if not isinstance(r, str)}
+        parsed[me] = own_report
+        result = dataclasses.replace(result, reports=parsed)
+        if integrity.own is None or not result.complete:
+            return result  # an auxiliary peer only collects; an incomplete round is not applied
+        loop = asyncio.get_running_loop()
+        async with enter_asynchronously(self.get_tensors()) as tensors:
+            problems = await loop.run_in_executor(None, lambda: check_results(
+                tensors, reports, spans=audit.spans, total=audit.total, integrity=integrity,
+                clip_factor=self.cfg.clip_factor, group_id=result.group_id or ""))
+        checked = {p: len(blocks_within(audit.spans[p], audit.total)) for p in reports}
+        logger.info("round %s: checked the results of %d reducers on %s blocks (reports: %s)",
+                    result.group_id, len(reports), checked,
+                    {p[-6:]: r if isinstance(r, str) else len(r.blocks)
+                     for p, r in reports.items()})
+        if not problems:
+            return result
+        text = "; ".join(f"reducer {p}: {why}" for p, why in sorted(problems.items()))
+        logger.error("refusing the round's result: %s", text)
+        raise RoundFailed(f"refused the round: {text}",
+                          dataclasses.replace(result, ok=False, accused=problems))
+
+    def _report_ready(self) -> asyncio.Event:
+        if getattr(self, "_report_event", None) is None:
+            self._report_event = asyncio.Event()
+            self._report_bytes = b""
+        return self._report_event
+
+    async def _ask_report(self, peer: str) -> bytes:
+        stub = self.get_stub(self._p2p, PeerID.from_base58(peer), namespace=self.prefix)
+        reply = await stub.rpc_reducer_report(averaging_pb2.DownloadRequest())
+        return bytes(reply.metadata)
+
+    async def rpc_reducer_report(self, request: averaging_pb2.DownloadRequest,
+                                 context: P2PContext) -> averaging_pb2.DownloadData:
+        """This peer's reducer report of its latest round (:mod:`template.reduction`), once
+        its all-reduce is over (waits up to ``request_timeout`` for it); empty if it has none."""
+        ready = self._report_ready()
+        try:
+            await asyncio.wait_for(ready.wait(), timeout=self.cfg.request_timeout)
+        except asyncio.TimeoutError:
+            return averaging_pb2.DownloadData()
+        return averaging_pb2.DownloadData(metadata=self._report_bytes)
 
     async def rpc_aggregate_part(
         self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
@@ -393,36 +501,6 @@ def _gathered_seeds(group: GroupInfo, me: str) -> dict[str, int]:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         return {}
     return {peer.to_base58(): seed for peer in group.peer_ids if peer.to_base58() != me}
-
-
-def _audit_runner(runner: Any, seeds: dict[str, int]) -> ShardAudit:
-    """Observe every part the runner's reducer accumulates (this peer's shard), at its offset
-    in the flattened vector. Reads hivemind 1.1.12's runner before it sends anything: the
-    container's per-peer parts (peers before this one fill the vector up to its shard)."""
-    # This runs in the averaging process (a fork), on its event-loop thread. A BLAS/OpenMP
-    # thread pool the parent already used does not survive the fork: a multi-threaded matmul
-    # there hangs forever. OpenMP's thread count is per thread, so set it on this one.
-    torch.set_num_threads(1)
-    container = runner.tensor_part_container
-    me = runner.ordered_peer_ids.index(runner.peer_id)
-    start = sum(part.numel() for peer in range(me)
-                for part, _ in container._input_parts_by_peer[peer])
-    offsets, end = [], start
-    for part in runner.parts_for_local_averaging:
-        offsets.append(end)
-        end += part.numel()
-    audit = ShardAudit(shard=(start, end), total=container.total_size, seeds=seeds)
-    reducer = runner.tensor_part_reducer
-    accumulate = reducer.accumulate_part
-    senders = [peer.to_base58() for peer in runner.sender_peer_ids]
-
-    async def observed(sender_index: int, part_index: int, tensor_part: torch.Tensor,
-                       weight: float = 1.0) -> torch.Tensor:
-        audit.observe(senders[sender_index], tensor_part, offset=offsets[part_index])
-        return await accumulate(sender_index, part_index, tensor_part, weight=weight)
-
-    reducer.accumulate_part = observed
-    return audit
 
 
 def _runner_of(future: "asyncio.Future[Any] | None") -> Any:

@@ -79,6 +79,11 @@ class AveragingResult:
     delivered: dict[str, Any] = field(default_factory=dict)
     """With ``audit=True``: per sender, the :class:`template.contribution.DeliveredBlocks` of
     what it delivered on this peer's shard."""
+    reports: dict[str, Any] = field(default_factory=dict)
+    """With ``integrity=``: every reducer's :class:`template.reduction.ReducerReport` of the
+    round that could be fetched (this peer's own included), by PeerID."""
+    accused: dict[str, str] = field(default_factory=dict)
+    """Reducers whose result this peer refused -> why (the round is then not ok)."""
 
     @property
     def failed_peers(self) -> tuple[str, ...]:

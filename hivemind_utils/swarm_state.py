@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import hivemind
@@ -75,6 +75,14 @@ class SwarmState:
     """Bound records claiming an epoch beyond ``Admission.max_epoch`` (ignored)."""
     implausible_peers: list[PeerProgress] = field(default_factory=list)
     """Those ``implausible`` records, for inspectors (counted nowhere)."""
+
+    def without(self, peer_ids: Collection[str]) -> SwarmState:
+        """This state as if the records of ``peer_ids`` (base58) were not there: a miner reads
+        the swarm this way once it refused their results (their epoch is not the swarm's)."""
+        peers = [p for p in self.peers if p.peer_id not in peer_ids]
+        epoch = max((p.epoch for p in peers), default=0)
+        return dataclasses.replace(self, global_epoch=epoch, peers=peers, samples_accumulated=sum(
+            p.samples for p in peers if p.epoch == epoch))
 
     def to_json(self) -> dict[str, object]:
         """The inspector's ``--json`` object: the counted swarm, then what was not counted,
