@@ -181,9 +181,11 @@ class NeuronConfig:
 
 POISONS = ("flip", "flip-recommit", "noise", "partial", "null-space", "weight")
 FORGERIES = ("noise", "scale", "stale")
+CORRUPTIONS = ("scale", "noise", "partial", "cover")
 ADVERSARIES = ("lazy", "random-gradient", "copycat", "no-show", "slow-link", "poisoner",
                *(f"poisoner-{p}" for p in POISONS), "forger", "forger-unsigned",
-               "unbound", "vanisher", "padder")
+               "unbound", "vanisher", "padder", "reducer",
+               *(f"reducer-{c}" for c in CORRUPTIONS))
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,11 @@ class AllReduce(_Lean):
         description="Base64 contribution commitment whose digest the miner gathered before the "
                     "round (template/contribution.py).",
     )
+    accused: list[PeerIdStr] = Field(
+        default_factory=list, max_length=MAX_PARTICIPANTS,
+        description="Reducers whose result the miner refused to apply (template/reduction.py); "
+                    "`error` says why.",
+    )
 
 
 class IsAlive(_Lean):

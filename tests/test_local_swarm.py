@@ -153,6 +153,29 @@ def test_miners_that_put_something_else_into_the_all_reduce_are_not_paid(tmp_pat
         assert all(entry["round_scores"].get(u, 0) > 0 for u in honest), entry["round_scores"]
 
 
+def test_a_reducer_that_returns_a_wrong_average_is_refused_and_not_paid(tmp_path):
+    """`reducer`: trains, answers Train and sends its parts honestly, but returns a wrong
+    average for its own shard, a different corruption each round (scaled, noised, on half its
+    parts, or scaled with a report that covers it). Every honest member refuses the round
+    before stepping and names it; the validator gates it, retries without it and distrusts its
+    push of e+1: it earns nothing, every honest miner is paid and agrees with the canonical
+    checkpoint, and the loss falls as in an honest run."""
+    summary = run_demo(tmp_path, "--miners", "3", "--validators", "1", "--epochs", "2",
+                       "--cheaters", "reducer", "--clip_factor", "0")
+    assert summary["ok"]
+    cheater, honest = next(iter(summary["cheaters"])), honest_uids(summary)
+    losses = [e["loss"] for e in summary["epochs"]]
+    assert losses[-1] < losses[0], losses
+    for entry in summary["epochs"]:
+        rounds = entry["round_scores"]
+        assert rounds.get(cheater, 0) == 0, rounds
+        assert all(rounds.get(u, 0) > 0 for u in honest), rounds
+        for u in honest:
+            assert fingerprint_distance(entry["fingerprints"][u], entry[
+                "canonical_fingerprint"]) < entry["fingerprint_tolerance"], (entry["epoch"], u)
+    assert summary["weights"].get(cheater, 0.0) < min(summary["weights"][u] for u in honest)
+
+
 def test_checkpoint_forgers_and_miners_paid_without_contributing_gain_nothing(tmp_path):
     """Four cheaters beside 3 honest miners, 3 epochs.
 

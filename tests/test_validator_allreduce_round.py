@@ -26,9 +26,12 @@ from template.model import fingerprint
 from template.protocol import AllReduce, Reason
 from template.transport import MetagraphCache, build_axon, build_dendrite, free_port, start_axon
 from template.validator.allreduce_round import (
+    AllReduceOutcome,
     Canonical,
+    ContributionRules,
     allreduce_round,
     choose_reference,
+    judge_reductions,
     judge_round,
     live_participants,
     ready_for_round,
@@ -148,6 +151,33 @@ def test_judge_maps_observations_through_the_chain_binding_only():
                          consensus_checked=out.consensus_checked)
     scores = epoch_scores(record, tolerance=TOL)
     assert scores[0] > 0 and scores[1] == 0.0 and scores[2] == scores[4] == scores[5] == 0.0
+
+
+def test_a_reducer_refused_by_most_members_is_gated_through_the_binding_only():
+    """Members name the reducer whose result they refused (AllReduce.accused); the validator
+    counts a uid's answer only from its bound PeerID, and gates a reducer a majority named."""
+    aux = AveragingResult(ok=True, participants=(P[0], P[1], P[2], P[3], P[4]),
+                          auxiliaries=(P[4],))
+    rules = ContributionRules(seed=1, batch_size=4, block_tolerance=1e-4, num_values=1000,
+                              proofs={})
+    bindings = {0: P[0], 1: P[1], 2: P[2], 3: P[3]}
+
+    def replies(accusing: dict[int, list[str]], peers: dict[int, str] | None = None):
+        out = {u: _reply(u, success=u == 3, peer=(peers or {}).get(u)) for u in range(4)}
+        for uid, accused in accusing.items():
+            out[uid].accused = accused
+        return out
+
+    majority = replies({0: [P[3]], 1: [P[3]]})
+    assert set(judge_reductions(aux, bindings, [0, 1, 2, 3], majority, rules, {})) == {3}
+    minority = replies({0: [P[3]]})
+    assert judge_reductions(aux, bindings, [0, 1, 2, 3], minority, rules, {}) == {}
+    # uid 1's answer comes from another PeerID: its accusation is not a vote
+    spoofed = replies({0: [P[3]], 1: [P[3]]}, peers={1: P[2]})
+    assert judge_reductions(aux, bindings, [0, 1, 2, 3], spoofed, rules, {}) == {}
+    outcome = AllReduceOutcome(epoch=5, round_id="r1", participants=(0, 1, 2, 3),
+                               reductions={3: "2 of 3 members refused its result"})
+    assert outcome.tampered == {3: "reducer: 2 of 3 members refused its result"}
 
 
 # ------------------------------------------------------------------ a real round

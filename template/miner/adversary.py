@@ -19,10 +19,13 @@ attacker would, so a local swarm shows what the validator catches:
 * `unbound`: trains and answers Train honestly but binds no PeerID and never averages.
 * `vanisher`: honest for one epoch, then its process exits (the uid stays registered).
 * `padder`: honest, but pads every all-reduce message with 1-3x its size in junk bytes.
+* `reducer`: trains, answers and sends honestly, but returns a wrong average for its own
+  shard; each round it draws one of :data:`CORRUPTIONS` with random strength
+  (`reducer-<name>` fixes the variant); `cover` also reports received parts that explain it.
 
 They plug into the miner through hooks (`fake_epoch`, `joins_rounds`, `binds_peer_id`,
-`epochs`, `answer_train`, `contribute`, `before_round`) and one averager option
-(`compression`), so the honest code path has no adversarial branches.
+`epochs`, `answer_train`, `contribute`, `before_round`) and two averager options
+(`compression`, `corruption`), so the honest code path has no adversarial branches.
 """
 
 from __future__ import annotations
@@ -35,14 +38,14 @@ import math
 import random
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hivemind.compression import NoCompression
 
 from template.attestation import sign_push
 from template.checkpoints import CheckpointError
-from template.config import FORGERIES, POISONS
+from template.config import CORRUPTIONS, FORGERIES, POISONS
 from template.contribution import Commitment, block_ranges, commit
 from template.data import VOCAB_SIZE
 from template.model import parameter_hash
@@ -75,6 +78,10 @@ class Adversary:
 
     def answer_train(self, miner: Miner, synapse: Train) -> Train | None:
         """Answer `Train` instead of the ledger; None = honest answer."""
+        return None
+
+    def corruption(self) -> object | None:
+        """A reducer hook for the averager (``SwarmAverager(corrupt=...)``); None = honest."""
         return None
 
     def compression(self) -> object | None:
@@ -389,9 +396,62 @@ class Forger(Adversary):
                        strength, "signed" if self.signed else "unsigned")
 
 
+# What a corrupt reducer returns instead of its shard's average r (config.CORRUPTIONS; strength
+# drawn per round, in the averaging process):
+# - scale: k r, k in -3..-0.5 or 1.5..4;
+# - noise: r + n, |n| = 0.5..3 |r| on every part;
+# - partial: k r on a random half of its parts only;
+# - cover: k r, and a report that says every sender sent k times its part (the report is then
+#   consistent with the result; only each sender's own part betrays it).
+
+
+class _Corruption:
+    """The hook that runs inside the averaging process (a fork carries it there)."""
+
+    def __init__(self, variant: str | None):
+        self.variant, self.rng = variant, random.Random()
+        self.round: tuple[str, float] | None = None
+
+    def __call__(self, part_index: int, result: torch.Tensor) -> torch.Tensor:
+        if part_index == 0 or self.round is None:
+            variant = self.variant or self.rng.choice(CORRUPTIONS)
+            if variant == "noise":
+                strength = self.rng.uniform(0.5, 3.0)
+            elif self.rng.random() < 0.5:
+                strength = -self.rng.uniform(0.5, 3.0)
+            else:
+                strength = self.rng.uniform(1.5, 4.0)
+            self.round = (variant, strength)
+            logger.warning("RED-TEAM: this reducer returns %s (strength %.2f)", *self.round)
+        variant, strength = self.round
+        if variant == "partial" and self.rng.random() < 0.5:
+            return result
+        if variant == "noise":
+            noise = torch.randn(result.shape, generator=torch.Generator().manual_seed(part_index))
+            return result + noise * (strength * float(result.norm()) / float(noise.norm()))
+        return result * strength
+
+    def report(self, report: Any) -> Any:
+        if self.round is None or self.round[0] != "cover":
+            return report
+        return dataclasses.replace(report, sketches=report.sketches * self.round[1])
+
+
+class CorruptReducer(Adversary):
+    """Honest training, Train answers and parts; a wrong average for its own shard."""
+
+    kind = "reducer"
+
+    def __init__(self, variant: str | None = None):
+        self.hook = _Corruption(variant)
+
+    def corruption(self) -> object | None:
+        return self.hook
+
+
 KINDS: dict[str, type[Adversary]] = {
     cls.kind: cls for cls in (Lazy, RandomGradient, Copycat, NoShow, SlowLink, Poisoner, Forger,
-                              Unbound, Vanisher, Padder)
+                              Unbound, Vanisher, Padder, CorruptReducer)
 }
 
 
@@ -402,6 +462,8 @@ def make_adversary(kind: str) -> Adversary:
     logger.warning("RED-TEAM MODE: this miner cheats on purpose (--neuron.adversary %s)", kind)
     if kind.startswith("poisoner-"):
         return Poisoner(kind.removeprefix("poisoner-"))
+    if kind.startswith("reducer-"):
+        return CorruptReducer(kind.removeprefix("reducer-"))
     if kind == "forger-unsigned":
         return Forger(signed=False)
     return KINDS[kind]()

@@ -71,6 +71,7 @@ def build_miner(cfg: Config) -> Miner:
     )
     miner.averager = SwarmAverager(dht=dht, run_id=cfg.neuron.run_id, cfg=cfg.averaging,
                                    params=model.parameters(), compression=adversary.compression(),
+                                   corrupt=adversary.corruption(),  # type: ignore[arg-type]
                                    state_provider=miner.shared_state)
     # Closed in reverse order: the averager stops before the DHT it talks through.
     miner.closers += [miner.averager.shutdown, miner.reporter.clear, miner.telemetry.close]

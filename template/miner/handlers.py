@@ -49,6 +49,7 @@ def answer_allreduce(synapse: AllReduce, report: RoundReport, *, peer_id: str) -
     synapse.fingerprint = list(report.fingerprint)
     synapse.error = report.error[:MAX_ERROR_LEN]
     synapse.commitment = report.commitment
+    synapse.accused = list(report.accused)
     return synapse
 
 

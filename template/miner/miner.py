@@ -24,7 +24,7 @@ from template.attestation import within as fingerprint_within
 from template.checkpoints import CheckpointConflictError, CheckpointError, CheckpointStore, tag_for
 from template.config import Config
 from template.consensus import consensus_tolerance, needs_resync, pusher_order
-from template.contribution import Commitment, commit, gather_digest
+from template.contribution import Commitment, block_tolerance, commit, gather_digest
 from template.data import assign_pages, epoch_batches, training_pages
 from template.data.sources import PageSource
 from template.device import autocast
@@ -35,6 +35,7 @@ from template.miner.state import StateRejected, apply_training_state, training_s
 from template.model import fingerprint, fingerprint_distance, load_state_into, parameter_hash
 from template.proof import SKETCH_DIMS, SketchRecorder, sketch_seed
 from template.protocol import MAX_BATCHES
+from template.reduction import OwnPart, RoundIntegrity
 from template.telemetry import Telemetry
 from template.training import accumulate, apply_gradients, learning_rate, mean_gradient
 
@@ -87,6 +88,11 @@ class Miner:
     fallback_push: FallbackPush | None = None
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds of the current epoch spent training and waiting for its round (epochs.jsonl)."""
+    refused: dict[int, set[str]] = field(default_factory=dict)
+    """Per epoch, the reducers whose result this miner refused: it joins no group with them."""
+    distrusted: set[str] = field(default_factory=set)
+    """Every reducer this miner ever refused: their progress records do not move its view of
+    the swarm's epoch (a refused reducer steps with its own wrong average and runs ahead)."""
     _last_report: tuple[float, float] = (0.0, 0.0)
 
     # ------------------------------------------------------------------ the loop
@@ -193,10 +199,17 @@ class Miner:
         self.averager.load_gradients(params)
         commitment = self._commit(epoch, work)
         avg = self.cfg.averaging
+        refused = self.refused.setdefault(epoch, set())
         result = self.averager.average(weight=commitment.samples, epoch=epoch,
                                        timeout=avg.matchmaking_time + avg.request_timeout,
                                        gather=gather_digest(commitment),
-                                       expected=request.expected_peers)
+                                       expected=request.expected_peers, avoid=sorted(refused),
+                                       integrity=self._integrity(epoch, commitment))
+        if result.accused:  # a reducer's result failed the check: nothing of it is applied
+            refused.update(result.accused)
+            self.distrusted.update(result.accused)
+            return _report(result, success=False, fingerprint=(), error=result.error or "",
+                           commitment=commitment.to_text(), accused=tuple(result.accused))
         if not result.complete:
             logger.warning("epoch %d round %s failed: %s", epoch, request.round_id,
                            result.error or f"failed peers {result.failed_peers}")
@@ -225,6 +238,15 @@ class Miner:
         self._maybe_push(result)
         return _report(result, success=True, fingerprint=tuple(fp),
                        commitment=commitment.to_text())
+
+    def _integrity(self, epoch: int, commitment: Commitment) -> RoundIntegrity:
+        """What the averaging process needs to check every reducer's result before this miner
+        steps (template/reduction.py): the epoch's seed and this miner's own part."""
+        return RoundIntegrity(
+            seed=sketch_seed(self.cfg.neuron.run_id, epoch),
+            tolerance=block_tolerance(self.cfg.averaging.compression),
+            own=OwnPart(peer=self.peer_id, blocks=commitment.blocks,
+                        weight=float(commitment.samples)))
 
     def _commit(self, epoch: int, work: EpochWork) -> Commitment:
         """The commitment to what this miner sends (template/contribution.py), gathered to the
@@ -356,7 +378,8 @@ class Miner:
             f.write(json.dumps(line) + "\n")
 
     def swarm_state(self) -> SwarmState:
-        return self.read_state()
+        state = self.read_state()
+        return state.without(self.distrusted) if self.distrusted else state
 
     def _swarm_target_reached(self, epoch: int) -> bool:
         """Self-triggered swarms stop local work once the swarm has the target batch."""
@@ -511,8 +534,8 @@ class Miner:
 
 
 def _report(result: AveragingResult, *, success: bool, fingerprint: tuple[float, ...],
-            error: str = "", commitment: str = "") -> RoundReport:
+            error: str = "", commitment: str = "", accused: tuple[str, ...] = ()) -> RoundReport:
     return RoundReport(success=success, participants=tuple(result.participants),
                        bytes_sent=result.bytes_sent, bytes_received=result.bytes_received,
                        seconds=result.seconds, fingerprint=fingerprint, error=error,
-                       commitment=commitment)
+                       commitment=commitment, accused=accused)

@@ -38,6 +38,8 @@ class RoundReport:
     commitment: str = ""
     """The contribution commitment whose digest the miner gathered (base64, see
     :mod:`template.contribution`)."""
+    accused: tuple[str, ...] = ()
+    """Reducers whose result the miner refused (:mod:`template.reduction`); ``error`` says why."""
 
 
 @dataclass

@@ -19,14 +19,23 @@ Flow of one attempt:
    fingerprint (canonical, checked against the median of the reports), the drift of every
    completer and who tampered with its contribution.
 
+4. :func:`judge_reductions` (pure) holds every reducer's report, fetched by the validator's
+   peer, against the members' commitments, and counts the members' refusals: a member refuses
+   a round whose result on some reducer's shard is not the average of what that reducer
+   received, applies nothing and names it in ``AllReduce.accused`` (:mod:`template.reduction`).
+
 A round in which no miner completed is retried (new round id) up to ``retries`` times; a round
 in which some completed is never retried (those miners already stepped to ``e+1``; the others
-resync from the canonical checkpoint), so no miner is asked to step twice.
+resync from the canonical checkpoint), so no miner is asked to step twice. A round in which only
+gated reducers completed counts as one nobody completed: the retry leaves the gated out (the
+members turn them away too), their pushes of ``e+1`` are not trusted, and they score 0 for the
+epoch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import statistics
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -55,6 +64,7 @@ from template.protocol import (
     Rejection,
     validate_allreduce_response,
 )
+from template.reduction import judge_reports
 from template.validator.scoring import PeerTransfer
 
 logger = logging.getLogger(__name__)
@@ -123,11 +133,17 @@ class AllReduceOutcome:
     aux_error: str | None = None
     contributions: dict[int, ContributionVerdict] = field(default_factory=dict)
     """Every member's contribution, as judged from the validator's shard."""
+    reductions: dict[int, str] = field(default_factory=dict)
+    """Members gated for the results they returned as reducers (:func:`judge_reductions`),
+    over every attempt of the epoch's round."""
 
     @property
     def tampered(self) -> dict[int, str]:
-        """Uids whose contribution failed its judgement -> the problem."""
-        return {u: v.problem for u, v in self.contributions.items() if v.problem is not None}
+        """Uids whose contribution or reduction failed its judgement -> the problem."""
+        out = {u: v.problem for u, v in self.contributions.items() if v.problem is not None}
+        for uid, why in self.reductions.items():
+            out.setdefault(uid, f"reducer: {why}")
+        return out
 
     @property
     def consensus_checked(self) -> bool:
@@ -206,21 +222,13 @@ def judge_contributions(aux: AveragingResult | None, bindings: Mapping[int, str]
     """
     if aux is None or not aux.ok:
         return {}
-    members = set(aux.participants) - set(aux.auxiliaries)
-    num_blocks = len(block_ranges(rules.num_values))
     out: dict[int, ContributionVerdict] = {}
-    for uid in participants:
-        peer = bindings.get(uid)
-        if peer is None or peer not in members:
+    for uid, commitment in member_commitments(aux, bindings, participants, replies,
+                                              num_values=rules.num_values).items():
+        if isinstance(commitment, CommitmentError):
+            out[uid] = ContributionVerdict(f"commitment rejected: {commitment}")
             continue
-        reply = replies.get(uid)
-        try:
-            commitment = Commitment.from_text(
-                getattr(reply, "commitment", None), digest=gathered_digest(aux.gathered.get(peer)),
-                dims=SKETCH_DIMS, num_blocks=num_blocks, max_batches=MAX_BATCHES)
-        except CommitmentError as err:
-            out[uid] = ContributionVerdict(f"commitment rejected: {err}")
-            continue
+        peer = bindings[uid]
         stats = aux.senders.get(peer)
         out[uid] = judge_contribution(
             commitment, aux.delivered.get(peer), seed=rules.seed,
@@ -229,6 +237,55 @@ def judge_contributions(aux: AveragingResult | None, bindings: Mapping[int, str]
             batch_size=rules.batch_size, proven_sketches=rules.proofs.get(uid),
             block_tol=rules.block_tolerance)
     return out
+
+
+def member_commitments(aux: AveragingResult, bindings: Mapping[int, str],
+                       participants: Sequence[int], replies: Mapping[int, AllReduce], *,
+                       num_values: int) -> dict[int, Commitment | CommitmentError]:
+    """Each member of the validator's group (bound uid) -> the commitment of its AllReduce
+    answer, checked against the digest it gathered before the round, or why it is not one."""
+    members = set(aux.participants) - set(aux.auxiliaries)
+    num_blocks = len(block_ranges(num_values))
+    out: dict[int, Commitment | CommitmentError] = {}
+    for uid in participants:
+        peer = bindings.get(uid)
+        if peer is None or peer not in members:
+            continue
+        try:
+            out[uid] = Commitment.from_text(
+                getattr(replies.get(uid), "commitment", None),
+                digest=gathered_digest(aux.gathered.get(peer)), dims=SKETCH_DIMS,
+                num_blocks=num_blocks, max_batches=MAX_BATCHES)
+        except CommitmentError as err:
+            out[uid] = err
+    return out
+
+
+def judge_reductions(aux: AveragingResult | None, bindings: Mapping[int, str],
+                     participants: Sequence[int], replies: Mapping[int, AllReduce],
+                     rules: ContributionRules,
+                     contributions: Mapping[int, ContributionVerdict]) -> dict[int, str]:
+    """Members gated for the results they returned as reducers (:mod:`template.reduction`).
+
+    Holds the reducer reports the validator's peer fetched against the members' commitments
+    and counts the members' refusals (``AllReduce.accused``): see
+    :func:`template.reduction.judge_reports`. Only answers from a uid's bound PeerID count, and
+    a member whose own delivery failed the validator's audit explains one disputed report.
+    """
+    uid_of = {bindings[u]: u for u in participants if u in bindings}
+    accusations = {bindings[u]: list(r.accused) for u, r in replies.items()
+                   if u in bindings and u in uid_of.values() and r.peer_id == bindings[u]}
+    commitments, members, reports = {}, list(accusations), {}
+    if aux is not None and aux.ok:
+        members, reports = list(aux.participants), aux.reports
+        for uid, commitment in member_commitments(aux, bindings, participants, replies,
+                                                  num_values=rules.num_values).items():
+            if isinstance(commitment, Commitment):
+                commitments[bindings[uid]] = commitment
+    tampered = [bindings[u] for u, v in contributions.items() if not v.ok]
+    gated = judge_reports(reports, commitments, accusations,
+                          members=members, tolerance=rules.block_tolerance, tampered=tampered)
+    return {uid_of[p]: why for p, why in gated.items() if p in uid_of}
 
 
 def judge_round(*, epoch: int, round_id: str, participants: Sequence[int],
@@ -373,34 +430,51 @@ async def allreduce_round(
     """
     timeout = cfg.matchmaking_time + cfg.allreduce_timeout + DENDRITE_MARGIN
     loop = asyncio.get_running_loop()
-    members = [*(bindings[u] for u in sorted(targets) if u in bindings),
-               *([aux_peer] if aux_peer else [])]
+    live = dict(targets)
+    gated: dict[int, str] = {}  # refused reducers: out of the epoch's later attempts
     outcome: AllReduceOutcome | None = None
     for attempt in range(retries + 1):
         rid = round_id if attempt == 0 else f"{round_id}-r{attempt}"
+        members = [*(bindings[u] for u in sorted(live) if u in bindings),
+                   *([aux_peer] if aux_peer else [])]
         request = allreduce_request(epoch=epoch, round_id=rid, cfg=cfg,
                                     learning_rate=learning_rate, expected_peers=members)
         aux_future = loop.run_in_executor(None, average, members)
-        replies = await send_allreduce(dendrite, targets, request=request, timeout=timeout)
+        replies = await send_allreduce(dendrite, live, request=request, timeout=timeout)
         aux = await aux_future
         if not aux.ok:
             logger.warning("validator's auxiliary averaging failed in %s: %s", rid, aux.error)
-        completed = any(r.success and r.epoch == epoch and r.round_id == rid
-                        for r in replies.values())
+        contributions: dict[int, ContributionVerdict] = {}
+        if rules is not None:
+            judged = await rules()
+            contributions = judge_contributions(aux, bindings, sorted(live), replies, judged)
+            for uid, why in judge_reductions(aux, bindings, sorted(live), replies, judged,
+                                             contributions).items():
+                logger.error("AllReduce %s: uid %d's reduction is refused: %s", rid, uid, why)
+                gated.setdefault(uid, why)
+        completed = any(r.success and r.epoch == epoch and r.round_id == rid and u not in gated
+                        for u, r in replies.items())
         found = await canonical() if completed else ()
+        untrusted = {bindings[u] for u in gated if u in bindings}
+        found = [c for c in found if c.signer not in untrusted]  # a refused reducer's push
         outcome = judge_round(epoch=epoch, round_id=rid,
-                              participants=sorted(targets), replies=replies, aux=aux,
+                              participants=sorted(live), replies=replies, aux=aux,
                               bindings=bindings, tolerance=tolerance, canonicals=found,
-                              fingerprint_dims=fingerprint_dims,
-                              contributions=None if rules is None else judge_contributions(
-                                  aux, bindings, sorted(targets), replies, await rules()))
-        outcome = AllReduceOutcome(**{**outcome.__dict__, "attempts": attempt + 1})
-        if outcome.completed:
+                              fingerprint_dims=fingerprint_dims, contributions=contributions)
+        outcome = dataclasses.replace(outcome, attempts=attempt + 1, reductions=dict(gated))
+        honest = [u for u in outcome.completed if u not in gated]
+        if honest:
             break
+        if gated:  # the members refused a reducer's result: the others average without it
+            live = {u: axon for u, axon in live.items() if u not in gated}
         logger.warning("AllReduce %s: no miner completed (%s); %s", rid,
                        {u: str(r) for u, r in outcome.failures.items()},
                        "retrying" if attempt < retries else "giving up")
-        if attempt < retries:
-            await asyncio.sleep(retry_delay)
+        if attempt >= retries or not live:
+            break
+        await asyncio.sleep(retry_delay)
     assert outcome is not None
-    return outcome
+    excluded = {u: Rejection(Reason.INCONSISTENT, f"its reduction was refused: {gated[u]}")
+                for u in targets if u not in live}
+    return dataclasses.replace(outcome, participants=tuple(sorted(targets)),
+                               failures={**outcome.failures, **excluded})

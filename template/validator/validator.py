@@ -47,6 +47,7 @@ from template.device import resolve_device, resolve_precision
 from template.model import count_parameters
 from template.preflight import PermitWatch
 from template.proof import sketch_seed
+from template.reduction import RoundIntegrity
 from template.telemetry import Telemetry
 from template.training import learning_rate
 from template.transport import build_dendrite
@@ -374,7 +375,10 @@ class Validator:
                 average=lambda expected: self.averager.average(
                     weight=0, epoch=record.epoch, timeout=3 * cfg.averaging.matchmaking_time,
                     gather=audit_gather(sketch_seed(cfg.neuron.run_id, record.epoch)),
-                    expected=expected), aux_peer=self.averager.peer_id.to_base58(),
+                    expected=expected, integrity=RoundIntegrity(
+                        seed=sketch_seed(cfg.neuron.run_id, record.epoch),
+                        tolerance=block_tolerance(cfg.averaging.compression))),
+                aux_peer=self.averager.peer_id.to_base58(),
                 round_id=f"e{record.epoch}-{self.uid}-{int(time.time())}", cfg=cfg.averaging,
                 learning_rate=learning_rate(record.epoch, cfg.optim),
                 tolerance=self.tolerance, retries=cfg.validator.allreduce_retries,
